@@ -22,7 +22,8 @@ DEFAULT_OUT = ROOT / "server"
 
 def generate(out_root: Path) -> list[Path]:
     """Generate stubs under ``out_root/comfyui_grpc/v1`` and return the files written."""
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    sources = (PROTO_ROOT / PACKAGE_DIR).glob("*.proto")
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in sources)
     well_known = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         args = [

@@ -1,0 +1,203 @@
+{{/*
+Names, labels and the small pieces of logic the templates share.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "comfyui-grpc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The resource name prefix: fullnameOverride, else <release>-<name> (just <release> when it
+already contains the name). Trimmed to 63 characters, the limit of a DNS label.
+*/}}
+{{- define "comfyui-grpc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's resource name: <fullname>-<suffix>, with the prefix shortened so the whole
+name stays a valid 63-character DNS label. Call with (dict "ctx" $ "suffix" "comfyui").
+*/}}
+{{- define "comfyui-grpc.componentName" -}}
+{{- $prefix := include "comfyui-grpc.fullname" .ctx | trunc (int (sub 62 (len .suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix .suffix }}
+{{- end }}
+
+{{- define "comfyui-grpc.comfyuiName" -}}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "comfyui") }}
+{{- end }}
+
+{{- define "comfyui-grpc.comfyuiModelsName" -}}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "comfyui-models") }}
+{{- end }}
+
+{{- define "comfyui-grpc.rustfsName" -}}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "rustfs") }}
+{{- end }}
+
+{{- define "comfyui-grpc.stateName" -}}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "state") }}
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "comfyui-grpc.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels every resource carries (Kubernetes recommended labels). Call with
+(dict "ctx" $ "component" "gateway").
+*/}}
+{{- define "comfyui-grpc.labels" -}}
+helm.sh/chart: {{ include "comfyui-grpc.chart" .ctx }}
+{{ include "comfyui-grpc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: comfyui-grpc
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The labels a component's selectors match. Call like comfyui-grpc.labels. */}}
+{{- define "comfyui-grpc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "comfyui-grpc.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The gateway's ServiceAccount name. */}}
+{{- define "comfyui-grpc.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "comfyui-grpc.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}. Call with (dict "image" .Values.x.image
+"default" "<tag when empty>").
+*/}}
+{{- define "comfyui-grpc.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .default .image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding S3 credentials and auth tokens: existingSecret or the chart's own. */}}
+{{- define "comfyui-grpc.secretName" -}}
+{{- default (include "comfyui-grpc.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* "true" when the gateway (and RustFS) read static S3 credentials from the Secret. */}}
+{{- define "comfyui-grpc.s3StaticCredentials" -}}
+{{- if or .Values.rustfs.enabled .Values.existingSecret .Values.s3.accessKeyId .Values.s3.secretAccessKey -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* The in-cluster DNS name of a Service of this release. Call with (dict "ctx" $ "name" "x"). */}}
+{{- define "comfyui-grpc.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" .name .ctx.Release.Namespace .ctx.Values.clusterDomain }}
+{{- end }}
+
+{{/* COMFYUI_GRPC_COMFYUI_URLS: the bundled headless Service or externalComfyui.urls. */}}
+{{- define "comfyui-grpc.comfyuiUrls" -}}
+{{- if .Values.comfyui.enabled }}
+{{- printf "http://%s:%d" (include "comfyui-grpc.serviceHost" (dict "ctx" . "name" (include "comfyui-grpc.comfyuiName" .))) (int .Values.comfyui.port) }}
+{{- else }}
+{{- join "," .Values.externalComfyui.urls }}
+{{- end }}
+{{- end }}
+
+{{/* COMFYUI_GRPC_S3_ENDPOINT_URL: the bundled RustFS Service or s3.endpointUrl. */}}
+{{- define "comfyui-grpc.s3Endpoint" -}}
+{{- if .Values.rustfs.enabled }}
+{{- printf "http://%s:%d" (include "comfyui-grpc.serviceHost" (dict "ctx" . "name" (include "comfyui-grpc.rustfsName" .))) (int .Values.rustfs.port) }}
+{{- else }}
+{{- .Values.s3.endpointUrl }}
+{{- end }}
+{{- end }}
+
+{{/* Where the TLS Secret is mounted in the gateway container. */}}
+{{- define "comfyui-grpc.tlsDir" -}}
+/etc/comfyui-grpc/tls
+{{- end }}
+
+{{/* Where the health-check script is mounted in the gateway container. */}}
+{{- define "comfyui-grpc.probeDir" -}}
+/etc/comfyui-grpc/probe
+{{- end }}
+
+{{/*
+A gateway probe. Plain gRPC: Kubernetes' native gRPC probe. With TLS: the kubelet cannot
+speak TLS to a gRPC probe, so the container runs files/healthcheck.py with its own Python.
+Call with (dict "ctx" $ "service" "liveness" "settings" .Values.gateway.probes.liveness).
+*/}}
+{{- define "comfyui-grpc.gatewayProbe" -}}
+{{- if .ctx.Values.tls.enabled -}}
+exec:
+  command:
+    - /opt/venv/bin/python
+    - {{ include "comfyui-grpc.probeDir" .ctx }}/healthcheck.py
+    - {{ .service | quote }}
+    {{- with .ctx.Values.tls.probeServerName }}
+    - {{ . | quote }}
+    {{- end }}
+{{- else -}}
+grpc:
+  port: {{ .ctx.Values.gateway.grpcPort }}
+  service: {{ .service | quote }}
+{{- end }}
+{{- with .settings }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express; each fails the render with a message
+naming the values to change.
+*/}}
+{{- define "comfyui-grpc.validate" -}}
+{{- $v := .Values }}
+{{- if and $v.gateway.persistence.enabled (gt (int $v.gateway.replicaCount) 1) }}
+{{- fail "gateway.replicaCount > 1 needs gateway.persistence.enabled=false: each gateway keeps its job records in its own SQLite file, which a single ReadWriteOnce volume cannot hold for several pods." }}
+{{- end }}
+{{- if ge (int $v.gateway.shutdownGraceSeconds) (int $v.gateway.terminationGracePeriodSeconds) }}
+{{- fail "gateway.shutdownGraceSeconds must be shorter than gateway.terminationGracePeriodSeconds, or the pod is killed before it has drained." }}
+{{- end }}
+{{- if and $v.comfyui.enabled $v.externalComfyui.urls }}
+{{- fail "externalComfyui.urls is for an existing ComfyUI: set comfyui.enabled=false to use it, or empty it to use the bundled ComfyUI." }}
+{{- end }}
+{{- if and (not $v.comfyui.enabled) (not $v.externalComfyui.urls) }}
+{{- fail "comfyui.enabled=false needs externalComfyui.urls: the ComfyUI base URLs the gateway should use." }}
+{{- end }}
+{{- if and $v.rustfs.enabled $v.s3.endpointUrl }}
+{{- fail "s3.endpointUrl is for an external S3: set rustfs.enabled=false to use it, or empty it to use the bundled RustFS." }}
+{{- end }}
+{{- if and (not $v.existingSecret) (ne (empty $v.s3.accessKeyId) (empty $v.s3.secretAccessKey)) }}
+{{- fail "set both s3.accessKeyId and s3.secretAccessKey, or neither." }}
+{{- end }}
+{{- if and $v.auth.enabled (not $v.existingSecret) (not $v.auth.tokens) }}
+{{- fail "auth.enabled needs tokens: set auth.tokens, or existingSecret with the key auth-tokens." }}
+{{- end }}
+{{- if and $v.tls.enabled (not $v.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt for tls.clientAuth)." }}
+{{- end }}
+{{- if and $v.gateway.podDisruptionBudget.enabled (not (kindIs "invalid" $v.gateway.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" $v.gateway.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "gateway.podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)." }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""The gRPC edge: request validation, conversions, status mapping, servicer."""

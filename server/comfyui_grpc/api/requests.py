@@ -1,0 +1,161 @@
+"""GenerateRequest -> JobSpec: defaults, checks and the graph to submit."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+
+from ..errors import FieldViolation, InvalidArgument
+from ..jobs.job import JobSpec
+from ..jobs.model import JobKind
+from ..v1 import generation_service_pb2 as pb
+from ..workflows import (
+    TEXT_TO_IMAGE_FIELDS,
+    VIDEO_FIELDS,
+    TextToImageParams,
+    VideoParams,
+    parse_workflow_json,
+    sha256_of,
+    text_to_image_graph,
+    validate_graph,
+    video_graph,
+    whole_numbers_to_int,
+)
+from ..workflows.templates import (
+    DEFAULT_IMAGE_CHECKPOINT,
+    DEFAULT_MOTION_MODULE,
+    DEFAULT_VIDEO_CHECKPOINT,
+)
+
+MAX_REQUEST_ID_CHARS = 128
+MAX_LABELS = 32
+MAX_LABEL_CHARS = 256
+
+_VIDEO_FORMATS = {
+    pb.VIDEO_FORMAT_UNSPECIFIED: "video/h264-mp4",
+    pb.VIDEO_FORMAT_H264_MP4: "video/h264-mp4",
+    pb.VIDEO_FORMAT_GIF: "image/gif",
+    pb.VIDEO_FORMAT_WEBP: "image/webp",
+}
+
+
+def _check_envelope(request: pb.GenerateRequest) -> None:
+    violations: list[FieldViolation] = []
+    rid = request.request_id
+    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
+        violations.append(
+            FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} printable characters")
+        )
+    if len(request.labels) > MAX_LABELS:
+        violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
+    for key, value in request.labels.items():
+        if not key or len(key) > MAX_LABEL_CHARS or not key.isprintable():
+            violations.append(
+                FieldViolation(
+                    f"labels[{key[:40]!r}]", f"keys are 1-{MAX_LABEL_CHARS} printable characters"
+                )
+            )
+        if len(value) > MAX_LABEL_CHARS or not value.isprintable():
+            violations.append(
+                FieldViolation(
+                    f"labels[{key[:40]!r}]",
+                    f"values are at most {MAX_LABEL_CHARS} printable characters",
+                )
+            )
+    if request.priority not in (pb.PRIORITY_UNSPECIFIED, pb.PRIORITY_NORMAL, pb.PRIORITY_HIGH):
+        violations.append(FieldViolation("priority", "unknown priority value"))
+    if violations:
+        raise InvalidArgument(
+            f"invalid request: {violations[0].field}: {violations[0].description}", violations
+        )
+
+
+def text_to_image_params(m: pb.TextToImage) -> TextToImageParams:
+    return TextToImageParams(
+        prompt=m.prompt,
+        negative_prompt=m.negative_prompt,
+        width=m.width or 1024,
+        height=m.height or 1024,
+        steps=m.steps or 20,
+        cfg=m.cfg if m.HasField("cfg") else 7.0,
+        seed=m.seed if m.HasField("seed") else None,
+        sampler=m.sampler or "euler",
+        scheduler=m.scheduler or "normal",
+        checkpoint=m.checkpoint or DEFAULT_IMAGE_CHECKPOINT,
+        batch_size=m.batch_size or 1,
+    )
+
+
+def video_params(m: pb.Video) -> VideoParams:
+    if m.format not in _VIDEO_FORMATS:
+        raise InvalidArgument(
+            "invalid video request: video.format: unknown format",
+            [FieldViolation("video.format", "unknown VideoFormat value")],
+        )
+    return VideoParams(
+        prompt=m.prompt,
+        negative_prompt=m.negative_prompt,
+        frames=m.frames or 16,
+        fps=m.fps if m.HasField("fps") else 8.0,
+        width=m.width or 512,
+        height=m.height or 512,
+        motion_module=m.motion_module or DEFAULT_MOTION_MODULE,
+        checkpoint=m.checkpoint or DEFAULT_VIDEO_CHECKPOINT,
+        steps=m.steps or 20,
+        cfg=m.cfg if m.HasField("cfg") else 7.0,
+        seed=m.seed if m.HasField("seed") else None,
+        format=_VIDEO_FORMATS[m.format],
+        sampler=m.sampler or "euler_ancestral",
+        scheduler=m.scheduler or "normal",
+    )
+
+
+def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: int) -> JobSpec:
+    """Build the job's spec, raising InvalidArgument with every violation found."""
+    _check_envelope(request)
+    which = request.WhichOneof("input")
+    field_map: Mapping[tuple[str, str], str] = {}
+    graph: dict[str, Any]
+    match which:
+        case "text_to_image":
+            kind = JobKind.TEXT_TO_IMAGE
+            graph = text_to_image_graph(job_id, text_to_image_params(request.text_to_image))
+            field_map = TEXT_TO_IMAGE_FIELDS
+        case "video":
+            kind = JobKind.VIDEO
+            graph = video_graph(job_id, video_params(request.video))
+            field_map = VIDEO_FIELDS
+        case "workflow":
+            kind = JobKind.WORKFLOW
+            graph = whole_numbers_to_int(json_format.MessageToDict(request.workflow))
+            validate_graph(graph, "workflow", max_nodes=max_nodes)
+        case "workflow_json":
+            kind = JobKind.WORKFLOW
+            graph = parse_workflow_json(request.workflow_json)
+            validate_graph(graph, "workflow_json", max_nodes=max_nodes)
+        case _:
+            raise InvalidArgument(
+                "say what to generate: set exactly one of text_to_image, video, "
+                "workflow, workflow_json",
+                [
+                    FieldViolation(
+                        "input",
+                        "exactly one of text_to_image, video, workflow, workflow_json is required",
+                    )
+                ],
+            )
+    return JobSpec(
+        kind=kind,
+        workflow=graph,
+        workflow_sha256=sha256_of(graph),
+        request_id=request.request_id,
+        labels=dict(request.labels),
+        front=request.priority == pb.PRIORITY_HIGH,
+        retry_on_backend_loss=request.retry_on_backend_loss,
+        fingerprint=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
+        source_field=which,
+        field_map=field_map,
+    )

@@ -1,0 +1,304 @@
+"""The GenerationService servicer: thin; the work is in :mod:`comfyui_grpc.jobs`.
+
+Every method goes through :func:`_guarded`, so a domain error becomes its
+status with details and anything unexpected becomes INTERNAL with an
+incident id, never a bare UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from ..errors import FieldViolation, GatewayError, InvalidArgument, NotFound
+from ..inputs import InputUploader
+from ..jobs.job import Job
+from ..jobs.model import JobState
+from ..jobs.service import JobService
+from ..observability.metrics import Metrics
+from ..v1 import generation_service_pb2 as pb
+from ..v1 import generation_service_pb2_grpc as pb_grpc
+from . import convert
+from .requests import spec_from_request
+from .status import internal_status, to_status
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+DEFAULT_CHUNK = 1024 * 1024
+MIN_CHUNK, MAX_CHUNK = 4 * 1024, 3 * 1024 * 1024
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+DEADLINE_MARGIN_SECONDS = 0.25
+
+
+async def _abort(context: Ctx, status: grpc.Status) -> None:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _guarded(
+    method: Callable[[Any, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
+        try:
+            return await method(self, request, context)
+        except GatewayError as exc:
+            await _abort(context, to_status(exc))
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, internal_status(exc, method.__name__))
+        raise AssertionError("abort returned")
+
+    return wrapper
+
+
+def _guarded_stream(
+    method: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except GatewayError as exc:
+            await _abort(context, to_status(exc))
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, internal_status(exc, method.__name__))
+
+    return wrapper
+
+
+def _time_left(context: Ctx, wanted: float) -> float:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return wanted
+    return max(0.0, min(wanted, remaining - DEADLINE_MARGIN_SECONDS))
+
+
+def _find_artifact(job: Job, name: str) -> Any:
+    if not name:
+        raise InvalidArgument(
+            "name the artifact: its key or file name",
+            [FieldViolation("artifact", "required: the artifact's key or filename")],
+        )
+    by_key = [a for a in job.artifacts if a.key == name]
+    if by_key:
+        return by_key[0]
+    by_name = [a for a in job.artifacts if a.filename == name]
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        raise InvalidArgument(
+            f"{len(by_name)} artifacts of job {job.job_id} are called {name!r}; use the key",
+            [FieldViolation("artifact", "ambiguous file name; pass the artifact's key")],
+        )
+    raise NotFound(f"job {job.job_id} has no artifact {name!r}", reason="ARTIFACT_NOT_FOUND")
+
+
+_ORDER = {
+    JobState.RUNNING: 0,
+    JobState.UPLOADING: 0,
+    JobState.QUEUED: 1,
+    JobState.SUCCEEDED: 2,
+    JobState.FAILED: 2,
+    JobState.CANCELLED: 2,
+}
+
+
+def _list_key(job: Job) -> tuple[int, float, float]:
+    group = _ORDER[job.state]
+    if group == 0:
+        return (0, job.start_time or 0.0, 0.0)
+    if group == 1:
+        return (1, job.queue_number, job.create_time)
+    return (2, -(job.end_time or 0.0), 0.0)
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer):
+    def __init__(
+        self,
+        service: JobService,
+        uploader: InputUploader,
+        *,
+        metrics: Metrics,
+        max_workflow_nodes: int,
+    ) -> None:
+        self.metrics = metrics
+        self.service = service
+        self.uploader = uploader
+        self.max_workflow_nodes = max_workflow_nodes
+
+    @_guarded
+    async def Generate(self, request: pb.GenerateRequest, context: Ctx) -> pb.GenerateResponse:
+        job_id = str(uuid.uuid4())
+        spec = spec_from_request(request, job_id, max_nodes=self.max_workflow_nodes)
+        job, existing = await self.service.submit(spec, job_id=job_id)
+        return pb.GenerateResponse(
+            job_id=job.job_id,
+            state=convert.STATES[job.state],
+            queue_position=job.queue_position if job.state is JobState.QUEUED else 0,
+            deduplicated=existing,
+        )
+
+    @_guarded_stream
+    async def StreamProgress(
+        self, request: pb.StreamProgressRequest, context: Ctx
+    ) -> AsyncIterator[pb.ProgressEvent]:
+        job = await self.service.find(request.job_id)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        # Snapshot and subscription are taken together, with no await between.
+        subscription = job.log.subscribe(
+            after_sequence=after, on_coalesce=self.metrics.coalesced_events.inc
+        )
+        snapshot = convert.snapshot(job)
+        self.metrics.active_streams.inc()
+        try:
+            yield snapshot
+            async for event in subscription:
+                yield convert.event(event)
+        finally:
+            subscription.close()
+            self.metrics.active_streams.dec()
+
+    @_guarded
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
+        budget = _time_left(context, self.service.settings.cancel_confirm_seconds)
+        job = await self.service.cancel(request.job_id, timeout=budget)
+        return pb.CancelJobResponse(job=convert.job(job))
+
+    @_guarded
+    async def GetResult(self, request: pb.GetResultRequest, context: Ctx) -> pb.GetResultResponse:
+        job = await self.service.find(request.job_id)
+        wait = request.wait_timeout.ToTimedelta().total_seconds()
+        if wait < 0:
+            raise InvalidArgument(
+                "wait_timeout must not be negative",
+                [FieldViolation("wait_timeout", "must be zero or positive")],
+            )
+        await self.service.wait(job, _time_left(context, wait))
+        message = convert.job(job)
+        ttl = int(request.presign_ttl.ToTimedelta().total_seconds())
+        if ttl:
+            if not 0 < ttl <= MAX_PRESIGN_SECONDS:
+                raise InvalidArgument(
+                    "presign_ttl must be between 1 second and 7 days",
+                    [FieldViolation("presign_ttl", "between 1 s and 7 days")],
+                )
+            expires = convert.timestamp(time.time() + ttl)
+            assert expires is not None
+            for item in message.artifacts:
+                url = await self.service.store.presign_get(item.key, ttl)
+                if url:
+                    item.presigned_url = url
+                    item.presigned_url_expire_time.CopyFrom(expires)
+        return pb.GetResultResponse(job=message)
+
+    @_guarded
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size must be between 1 and {MAX_PAGE_SIZE}",
+                [FieldViolation("page_size", f"between 1 and {MAX_PAGE_SIZE}")],
+            )
+        states = [convert.STATES_BACK[s] for s in request.states if s in convert.STATES_BACK]
+        if len(states) != len([s for s in request.states if s != 0]):
+            raise InvalidArgument(
+                "states holds an unknown JobState", [FieldViolation("states", "unknown JobState")]
+            )
+        offset = _page_offset(request.page_token)
+        jobs = sorted(self.service.registry.in_states(states), key=_list_key)
+        page = jobs[offset : offset + size]
+        token = _page_token(offset + size) if offset + size < len(jobs) else ""
+        return pb.ListJobsResponse(jobs=[convert.job(j) for j in page], next_page_token=token)
+
+    @_guarded
+    async def UploadInput(
+        self, request_iterator: AsyncIterator[pb.UploadInputRequest], context: Ctx
+    ) -> pb.UploadInputResponse:
+        metadata: pb.UploadInputMetadata | None = None
+        size = 0
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+            async for part in request_iterator:
+                if metadata is None:
+                    if part.WhichOneof("part") != "metadata":
+                        raise InvalidArgument(
+                            "the first UploadInput message must carry metadata",
+                            [FieldViolation("metadata", "required in the first message")],
+                        )
+                    metadata = part.metadata
+                    continue
+                if part.WhichOneof("part") != "chunk":
+                    raise InvalidArgument(
+                        "only the first UploadInput message may carry metadata",
+                        [FieldViolation("metadata", "allowed in the first message only")],
+                    )
+                size += len(part.chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise InvalidArgument(
+                        f"the upload is larger than {MAX_UPLOAD_BYTES} bytes",
+                        [FieldViolation("chunk", f"at most {MAX_UPLOAD_BYTES} bytes in total")],
+                        reason="UPLOAD_TOO_LARGE",
+                    )
+                spool.write(part.chunk)
+            if metadata is None:
+                raise InvalidArgument(
+                    "the upload was empty: send metadata, then the file's bytes",
+                    [FieldViolation("metadata", "required")],
+                )
+            return await self.uploader.upload(metadata, spool, size)
+
+    @_guarded_stream
+    async def ReadArtifact(
+        self, request: pb.ReadArtifactRequest, context: Ctx
+    ) -> AsyncIterator[pb.ReadArtifactResponse]:
+        chunk_size = request.chunk_size or DEFAULT_CHUNK
+        if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+            raise InvalidArgument(
+                f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK}",
+                [FieldViolation("chunk_size", f"between {MIN_CHUNK} and {MAX_CHUNK} bytes")],
+            )
+        job = await self.service.find(request.job_id)
+        found = _find_artifact(job, request.artifact)
+        yield pb.ReadArtifactResponse(artifact=convert.artifact(found))
+        offset = 0
+        async for chunk in self.service.read_artifact(found.key, chunk_size):
+            yield pb.ReadArtifactResponse(chunk=chunk, offset=offset)
+            offset += len(chunk)
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def _page_offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        offset = int(value)
+        if kind != "o" or offset < 0:
+            raise ValueError(token)
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not one this server issued",
+            [FieldViolation("page_token", "use next_page_token from the previous response")],
+        ) from None
+    return offset

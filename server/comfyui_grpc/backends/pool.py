@@ -1,0 +1,42 @@
+"""The set of ComfyUI backends and the choice of one per job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import Unavailable
+from .backend import Backend
+
+
+class BackendPool:
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def add(self, backend: Backend) -> None:
+        self._backends[backend.url] = backend
+
+    def remove(self, url: str) -> Backend | None:
+        return self._backends.pop(url.rstrip("/"), None)
+
+    def get(self, url: str) -> Backend | None:
+        return self._backends.get(url.rstrip("/"))
+
+    @property
+    def healthy(self) -> list[Backend]:
+        return [b for b in self._backends.values() if b.healthy]
+
+    def choose(self, exclude: frozenset[str] = frozenset()) -> Backend:
+        """The healthy backend with the fewest outstanding jobs (first listed wins ties)."""
+        candidates = [b for b in self.healthy if b.url not in exclude]
+        if not candidates:
+            raise Unavailable(
+                "no ComfyUI backend is reachable right now; retry shortly",
+                reason="NO_BACKEND",
+            )
+        return min(candidates, key=lambda b: len(b.outstanding))

@@ -1,0 +1,138 @@
+"""Server-side commands: ``serve``, ``dev`` and ``simulator``.
+
+``dev`` is the one-command demo: the ComfyUI simulator, local-directory
+storage and the gateway in one process, with the grpcurl lines to try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, logs
+from .app import Gateway
+from .config import Settings, add_arguments, describe, settings_from_args
+
+log = logging.getLogger("comfyui_grpc")
+
+
+async def _until_signalled() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(settings: Settings) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        await _until_signalled()
+        log.info("shutting down (grace %.0f s)", settings.shutdown_grace_seconds)
+    finally:
+        await gateway.stop()
+
+
+def _print_banner(settings: Settings, port: int, comfyui: str) -> None:
+    target = f"localhost:{port}"
+    print(
+        f"""
+comfyui-grpc {__version__} (dev) is ready.
+  gRPC       {target}   (reflection on: no proto files needed)
+  ComfyUI    {comfyui}   (simulator)
+  artifacts  {settings.storage.local_dir if settings.storage.s3 is None else "s3"}
+
+Try it:
+  grpcurl -plaintext {target} list
+  grpcurl -plaintext \\
+      -d '{{"text_to_image": {{"prompt": "a lighthouse at dusk", "width": 512, "height": 512}}}}' \\
+      {target} comfyui_grpc.v1.GenerationService/Generate
+  grpcurl -plaintext -d '{{"job_id": "JOB_ID", "after_sequence": 0}}' \\
+      {target} comfyui_grpc.v1.GenerationService/StreamProgress
+  grpcurl -plaintext -d '{{"job_id": "JOB_ID", "wait_timeout": "60s"}}' \\
+      {target} comfyui_grpc.v1.GenerationService/GetResult
+
+Ctrl-C stops everything.""",
+        flush=True,
+    )
+
+
+async def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    from .simulator import Simulator
+
+    simulator = Simulator(output_dir=args.simulator_dir, step_seconds=args.step_seconds)
+    await simulator.start(host="127.0.0.1", port=args.simulator_port)
+    try:
+        gateway = Gateway(dataclasses.replace(settings, comfyui_urls=(simulator.url,)))
+        await gateway.start()
+        try:
+            await gateway.wait_backends(5.0)
+            _print_banner(settings, gateway.port, simulator.url)
+            await _until_signalled()
+        finally:
+            await gateway.stop(grace=min(settings.shutdown_grace_seconds, 5.0))
+    finally:
+        await simulator.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyui-grpc", description="gRPC gateway for ComfyUI")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway against real ComfyUI servers")
+    add_arguments(serve)
+    dev = commands.add_parser(
+        "dev", help="run the gateway with the ComfyUI simulator and local storage (a demo)"
+    )
+    add_arguments(dev)
+    dev.add_argument(
+        "--simulator-port", type=int, default=8188, help="simulator port (default 8188)"
+    )
+    dev.add_argument(
+        "--simulator-dir",
+        type=Path,
+        default=Path("var/simulator"),
+        help="simulator's ComfyUI directories (default var/simulator)",
+    )
+    dev.add_argument(
+        "--step-seconds",
+        type=float,
+        default=0.2,
+        help="simulated seconds per sampler step (default 0.2)",
+    )
+    commands.add_parser(
+        "simulator", help="run the ComfyUI simulator alone (see `simulator --help`)", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulator":
+        from .simulator.cli import main as simulator_main
+
+        code: int = simulator_main(argv[1:])
+        return code
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    logs.configure(settings.log_format, settings.log_level)
+    for line in describe(settings):
+        log.info("setting %s", line)
+    with contextlib.suppress(KeyboardInterrupt):
+        if args.command == "serve":
+            asyncio.run(_serve(settings))
+        else:
+            asyncio.run(_dev(args, settings))
+    return 0

@@ -1,0 +1,261 @@
+"""Gateway settings from flags and ``COMFYUI_GRPC_*`` environment variables.
+
+A flag beats its variable, which beats the default. Every setting is listed
+in :data:`OPTIONS` once, and the README's table is written from the same
+names; :func:`describe` prints them at start with secrets masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .storage import StorageSettings, add_storage_arguments, storage_settings_from_args
+
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds."""
+    port: int = DEFAULT_PORT
+    """gRPC port; 0 picks a free one."""
+    comfyui_urls: tuple[str, ...] = (DEFAULT_COMFYUI_URL,)
+    """ComfyUI base URLs, one per backend."""
+    comfyui_dns_discovery: bool = False
+    """Re-resolve each URL's host name to all its addresses (a headless Service)."""
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """Prometheus ``/metrics`` port; -1 turns the endpoint off, 0 picks a free port."""
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """Bearer tokens accepted; none means no authentication."""
+    auth_token_file: str = ""
+    """File with one token per line, read at start (added to ``auth_tokens``)."""
+    tls_cert: str = ""
+    """Server certificate chain (PEM); with ``tls_key`` turns TLS on."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """CA bundle for client certificates; set it to require mutual TLS."""
+    state_path: str = ""
+    """SQLite file for durable job records; empty keeps jobs in memory only."""
+    max_queued_jobs: int = 1000
+    """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs."""
+    max_workflow_nodes: int = 2000
+    """Raw workflows with more nodes are refused."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest gRPC request message accepted."""
+    reconcile_interval_seconds: float = 2.0
+    """How often open jobs are checked against ComfyUI's queue and history."""
+    shutdown_grace_seconds: float = 30.0
+    """How long open streams and uploads may finish after SIGTERM."""
+    log_format: str = "text"
+    """``text`` or ``json``."""
+    log_level: str = "INFO"
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    def masked(self) -> dict[str, Any]:
+        """Settings for the start-up log, with secrets replaced by ``***``."""
+        result: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "storage":
+                s3 = value.s3
+                result["storage"] = (
+                    f"local:{value.local_dir}"
+                    if s3 is None
+                    else f"s3:{s3.endpoint_url or 'aws'}/{s3.bucket}/{s3.prefix} "
+                    f"(credentials {'***' if s3.access_key_id else 'from environment chain'})"
+                )
+            elif f.name == "auth_tokens":
+                result[f.name] = f"{len(value)} token(s) ***" if value else "none"
+            else:
+                result[f.name] = value
+        return result
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"{url!r} is not an http(s) URL")
+    if not urls:
+        raise argparse.ArgumentTypeError("at least one ComfyUI URL is needed")
+    return urls
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError("must be true or false")
+
+
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise argparse.ArgumentTypeError("must be text or json")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", "COMFYUI_GRPC_HOST", "host", str, "address to bind (default 0.0.0.0)"),
+    Option("--port", "COMFYUI_GRPC_PORT", "port", int, f"gRPC port (default {DEFAULT_PORT})"),
+    Option(
+        "--comfyui-url",
+        "COMFYUI_GRPC_COMFYUI_URLS",
+        "comfyui_urls",
+        _urls,
+        f"ComfyUI base URL; repeat or comma-separate for several (default {DEFAULT_COMFYUI_URL})",
+    ),
+    Option(
+        "--comfyui-dns-discovery",
+        "COMFYUI_GRPC_COMFYUI_DNS_DISCOVERY",
+        "comfyui_dns_discovery",
+        _flag,
+        "re-resolve ComfyUI host names to every address, e.g. a headless Service (default false)",
+    ),
+    Option("--metrics-host", "COMFYUI_GRPC_METRICS_HOST", "metrics_host", str, "default 0.0.0.0"),
+    Option(
+        "--metrics-port",
+        "COMFYUI_GRPC_METRICS_PORT",
+        "metrics_port",
+        int,
+        f"Prometheus /metrics port; -1 disables (default {DEFAULT_METRICS_PORT})",
+    ),
+    Option(
+        "--auth-token",
+        "COMFYUI_GRPC_AUTH_TOKENS",
+        "auth_tokens",
+        _tokens,
+        "accepted bearer token(s), comma-separated; prefer the file or the variable",
+    ),
+    Option(
+        "--auth-token-file",
+        "COMFYUI_GRPC_AUTH_TOKEN_FILE",
+        "auth_token_file",
+        str,
+        "file with accepted bearer tokens, one per line",
+    ),
+    Option("--tls-cert", "COMFYUI_GRPC_TLS_CERT", "tls_cert", str, "server certificate (PEM)"),
+    Option("--tls-key", "COMFYUI_GRPC_TLS_KEY", "tls_key", str, "server private key (PEM)"),
+    Option(
+        "--tls-client-ca",
+        "COMFYUI_GRPC_TLS_CLIENT_CA",
+        "tls_client_ca",
+        str,
+        "CA for client certificates: requires mutual TLS",
+    ),
+    Option(
+        "--state-path",
+        "COMFYUI_GRPC_STATE_PATH",
+        "state_path",
+        str,
+        "SQLite file for durable job records (default: in memory only)",
+    ),
+    Option(
+        "--max-queued-jobs",
+        "COMFYUI_GRPC_MAX_QUEUED_JOBS",
+        "max_queued_jobs",
+        int,
+        "waiting jobs allowed before Generate answers RESOURCE_EXHAUSTED (default 1000)",
+    ),
+    Option(
+        "--max-workflow-nodes",
+        "COMFYUI_GRPC_MAX_WORKFLOW_NODES",
+        "max_workflow_nodes",
+        int,
+        "largest raw workflow accepted, in nodes (default 2000)",
+    ),
+    Option(
+        "--max-message-bytes",
+        "COMFYUI_GRPC_MAX_MESSAGE_BYTES",
+        "max_message_bytes",
+        int,
+        "largest gRPC request accepted (default 16 MiB)",
+    ),
+    Option(
+        "--reconcile-interval",
+        "COMFYUI_GRPC_RECONCILE_INTERVAL_SECONDS",
+        "reconcile_interval_seconds",
+        float,
+        "seconds between checks of open jobs against ComfyUI (default 2)",
+    ),
+    Option(
+        "--shutdown-grace",
+        "COMFYUI_GRPC_SHUTDOWN_GRACE_SECONDS",
+        "shutdown_grace_seconds",
+        float,
+        "seconds open streams and uploads get after SIGTERM (default 30)",
+    ),
+    Option(
+        "--log-format",
+        "COMFYUI_GRPC_LOG_FORMAT",
+        "log_format",
+        _log_format,
+        "text or json (default text)",
+    ),
+    Option("--log-level", "COMFYUI_GRPC_LOG_LEVEL", "log_level", str.upper, "default INFO"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.attr, "help": f"{option.help} [{option.env}]"}
+        if option.attr == "comfyui_urls":
+            kwargs["action"] = "append"
+            kwargs["type"] = _urls
+        else:
+            kwargs["type"] = option.parse
+        parser.add_argument(option.flag, **kwargs)
+    add_storage_arguments(parser)
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw_env = env.get(option.env)
+        if raw_env:
+            try:
+                values[option.attr] = option.parse(raw_env)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(f"comfyui-grpc: {option.env}={raw_env!r}: {exc}") from None
+        flag_value = getattr(args, option.attr, None)
+        if flag_value is not None:
+            if option.attr == "comfyui_urls":
+                flag_value = tuple(u for group in flag_value for u in group)
+            values[option.attr] = flag_value
+    try:
+        values["storage"] = storage_settings_from_args(args, env)
+    except ValueError as exc:
+        raise SystemExit(f"comfyui-grpc: storage settings: {exc}") from None
+    values.update(overrides)
+    return Settings(**values)
+
+
+def describe(settings: Settings) -> Sequence[str]:
+    return [f"{key} = {value}" for key, value in settings.masked().items()]

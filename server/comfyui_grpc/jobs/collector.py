@@ -1,0 +1,102 @@
+"""Copying a finished job's outputs from ComfyUI into the artifact store.
+
+Each file streams from ``/view`` straight into the store (multipart above the
+store's threshold), so no output is ever held in memory whole. A broken
+download is retried from the start; the store retries its own transient
+failures. The job succeeds only once every file and the manifest are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import time
+
+from ..comfyui.client import ComfyUIClient
+from ..comfyui.errors import ComfyUIUnavailable
+from ..observability.metrics import Metrics
+from ..storage import ArtifactStore, StorageError, StoredObject
+from .job import Job
+from .manifest import write_manifest
+from .model import Artifact, FailureReason, JobFailure, OutputFile
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_ATTEMPTS = 3
+CHUNK_BYTES = 1024 * 1024
+
+
+def content_type_for(filename: str, header: str | None) -> str:
+    if header and header.split(";")[0].strip() not in ("", "application/octet-stream"):
+        return header.split(";")[0].strip()
+    guessed, _ = mimetypes.guess_type(filename)
+    return guessed or "application/octet-stream"
+
+
+class ArtifactCollector:
+    def __init__(self, store: ArtifactStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    async def _copy(self, client: ComfyUIClient, job: Job, output: OutputFile) -> StoredObject:
+        key = self.store.artifact_key(job.job_id, output.node_id, output.filename)
+        delay = 0.2
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                async with client.view(
+                    filename=output.filename, subfolder=output.subfolder, type=output.type
+                ) as response:
+                    content_type = content_type_for(
+                        output.filename, response.headers.get("content-type")
+                    )
+                    return await self.store.put_stream(
+                        key, response.aiter_bytes(CHUNK_BYTES), content_type=content_type
+                    )
+            except (ComfyUIUnavailable, OSError) as exc:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise ComfyUIUnavailable(
+                        f"could not download {output.filename!r} from ComfyUI: {exc}"
+                    ) from exc
+                log.warning("download of %s failed (%s); retrying", output.filename, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def collect(self, client: ComfyUIClient, job: Job) -> None:
+        """Store every output of ``job`` and its manifest, then mark it SUCCEEDED.
+
+        On failure the job ends FAILED; its files stay in ComfyUI.
+        """
+        try:
+            for files in list(job.outputs.values()):
+                for output in files:
+                    started = time.perf_counter()
+                    stored = await self._copy(client, job, output)
+                    self.metrics.upload_busy_seconds.inc(time.perf_counter() - started)
+                    self.metrics.uploaded_bytes.inc(stored.size_bytes)
+                    job.artifact_stored(
+                        Artifact(
+                            node_id=output.node_id,
+                            filename=output.filename,
+                            key=stored.key,
+                            uri=stored.uri,
+                            content_type=stored.content_type,
+                            size_bytes=stored.size_bytes,
+                            sha256=stored.sha256,
+                            animated=output.animated,
+                        )
+                    )
+            await write_manifest(self.store, job, final_state="succeeded")
+        except (StorageError, ComfyUIUnavailable) as exc:
+            reason = FailureReason.STORAGE_FAILED
+            if isinstance(exc, ComfyUIUnavailable):
+                reason = FailureReason.OUTPUT_MISSING
+            job.failed(
+                JobFailure(
+                    reason=reason,
+                    message=f"storing the outputs failed: {exc}. The files are still in ComfyUI.",
+                )
+            )
+            return
+        job.succeeded()

@@ -1,0 +1,266 @@
+"""One generation job and its state machine.
+
+The job turns what ComfyUI reports into events on its log and keeps the
+derived view (state, progress, outputs, artifacts) that snapshots and results
+are built from. It does no I/O: the job service feeds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events as ev
+from .log import EventLog
+from .model import Artifact, JobFailure, JobKind, JobState, OutputFile, ProgressView
+from .progress import ProgressTracker
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """What a caller asked for, fixed at creation."""
+
+    kind: JobKind
+    workflow: Mapping[str, Any]
+    workflow_sha256: str
+    request_id: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    front: bool = False
+    retry_on_backend_loss: bool = False
+    fingerprint: str = ""
+    source_field: str = "workflow"
+    """The request field the graph came from, for error paths."""
+    field_map: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """(node id, input) -> request field, for typed templates' errors."""
+
+
+class Job:
+    def __init__(self, job_id: str, spec: JobSpec, *, clock: Clock = time.time) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self._clock = clock
+        self.state = JobState.QUEUED
+        self.create_time = clock()
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.backend = ""
+        self.queue_position = 0
+        self.cancel_requested = False
+        self.failure: JobFailure | None = None
+        self.outputs: dict[str, list[OutputFile]] = {}
+        self.artifacts: list[Artifact] = []
+        self.log = EventLog()
+        self.tracker = ProgressTracker(spec.workflow)
+        self._done = asyncio.Event()
+        # Set while the job is being handed to ComfyUI; cancel waits for it.
+        self.submitted = asyncio.Event()
+        self.attempts = 0
+        # ComfyUI's queue number for it (lower runs first); orders our queue view.
+        self.queue_number = 0.0
+        # Set once ComfyUI reported success and the outputs are being stored.
+        self.collecting = False
+        self.upload_start_time: float | None = None
+        # Told of every event (the durable job store listens here).
+        self.listener: Callable[[Job, ev.Event], None] | None = None
+
+    # -- views ---------------------------------------------------------------
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def progress(self) -> ProgressView:
+        return self.tracker.view()
+
+    async def wait_terminal(self) -> None:
+        await self._done.wait()
+
+    # -- transitions -----------------------------------------------------------
+
+    def _emit(self, payload: ev.Payload, state: JobState | None = None) -> ev.Event:
+        if state is not None:
+            self.state = state
+        event = ev.Event(
+            job_id=self.job_id,
+            sequence=self.log.next_sequence(),
+            state=self.state,
+            time=self._clock(),
+            payload=payload,
+        )
+        self.log.append(event)
+        if self.listener is not None:
+            self.listener(self, event)
+        if event.terminal:
+            self.end_time = event.time
+            self.queue_position = 0
+            self._done.set()
+        return event
+
+    def queued(self, position: int, backend: str) -> None:
+        if self.state is not JobState.QUEUED:
+            return
+        if position == self.queue_position and backend == self.backend and self.log.last_sequence:
+            return
+        self.queue_position = position
+        self.backend = backend
+        self._emit(ev.Queued(position=position, backend=backend))
+
+    def started(self) -> None:
+        if self.state is not JobState.QUEUED:
+            return
+        self.start_time = self._clock()
+        self.queue_position = 0
+        self._emit(ev.Started(), JobState.RUNNING)
+
+    def _ensure_running(self) -> bool:
+        if self.state is JobState.QUEUED:
+            self.started()
+        return self.state is JobState.RUNNING
+
+    def nodes_cached(self, node_ids: list[str]) -> None:
+        if not self._ensure_running():
+            return
+        self.tracker.cached(node_ids)
+        self._emit(ev.NodesCached(node_ids=tuple(node_ids)))
+
+    def node_started(self, node_id: str) -> None:
+        if not self._ensure_running() or node_id == self.tracker.current_node:
+            return
+        finished = self.tracker.started(node_id)
+        if finished is not None:
+            self._emit(
+                ev.NodeFinished(node_id=finished, class_type=self.tracker.class_of(finished))
+            )
+        self._emit(ev.NodeStarted(node_id=node_id, class_type=self.tracker.class_of(node_id)))
+
+    def node_progress(self, node_id: str, value: int, maximum: int) -> None:
+        if not self._ensure_running():
+            return
+        if node_id != self.tracker.current_node:
+            self.node_started(node_id)
+        node_fraction = self.tracker.stepped(node_id, value, maximum)
+        self._emit(
+            ev.NodeProgressed(
+                node_id=node_id,
+                class_type=self.tracker.class_of(node_id),
+                value=value,
+                max=maximum,
+                node_fraction=node_fraction,
+                job_fraction=self.tracker.fraction,
+            )
+        )
+
+    def node_finished(self, node_id: str) -> None:
+        if self.state is not JobState.RUNNING:
+            return
+        if self.tracker.finished(node_id):
+            self._emit(ev.NodeFinished(node_id=node_id, class_type=self.tracker.class_of(node_id)))
+
+    def output_reported(self, node_id: str, files: list[OutputFile]) -> None:
+        if self.state is not JobState.RUNNING:
+            return
+        self.outputs[node_id] = files
+
+    def uploading(self, outputs: Mapping[str, list[OutputFile]]) -> None:
+        """ComfyUI finished; ``outputs`` (from history) are what must be stored."""
+        if self.terminal:
+            return
+        self._ensure_running()
+        self.artifacts = []  # after a restart mid-upload, everything is stored again
+        current = self.tracker.current_node
+        if current:
+            self.node_finished(current)
+        self.tracker.execution_done()
+        self.outputs = dict(outputs)
+        count = sum(len(files) for files in outputs.values())
+        self.upload_start_time = self._clock()
+        self.tracker.upload(0, count)
+        self._emit(ev.Uploading(artifact_count=count), JobState.UPLOADING)
+
+    def artifact_stored(self, artifact: Artifact) -> None:
+        if self.state is not JobState.UPLOADING:
+            return
+        self.artifacts.append(artifact)
+        total = sum(len(files) for files in self.outputs.values())
+        self.tracker.upload(len(self.artifacts), total)
+        self._emit(ev.ArtifactStored(artifact=artifact))
+
+    def succeeded(self) -> None:
+        if self.state is not JobState.UPLOADING:
+            return
+        self.tracker.complete()
+        self._emit(ev.Succeeded(artifacts=tuple(self.artifacts)), JobState.SUCCEEDED)
+
+    def failed(self, failure: JobFailure) -> None:
+        if self.terminal:
+            return
+        self.failure = failure
+        self._emit(ev.Failed(failure=failure), JobState.FAILED)
+
+    def cancelled(self) -> None:
+        if self.terminal:
+            return
+        was_running = self.state is not JobState.QUEUED
+        self._emit(ev.Cancelled(was_running=was_running), JobState.CANCELLED)
+
+    def restore(
+        self,
+        *,
+        state: JobState,
+        backend: str,
+        create_time: float,
+        start_time: float | None,
+        end_time: float | None,
+        queue_number: float,
+        cancel_requested: bool,
+        attempts: int,
+        failure: JobFailure | None,
+        artifacts: list[Artifact],
+        outputs: dict[str, list[OutputFile]],
+        events: list[ev.Event],
+    ) -> None:
+        """Put back a job read from the durable store after a restart."""
+        self.state = state
+        self.backend = backend
+        self.create_time = create_time
+        self.start_time = start_time
+        self.end_time = end_time
+        self.queue_number = queue_number
+        self.cancel_requested = cancel_requested
+        self.attempts = attempts
+        self.failure = failure
+        self.artifacts = artifacts
+        self.outputs = outputs
+        self.log.restore(events)
+        for event in events:
+            self._replay_progress(event.payload)
+        self.submitted.set()
+        if state is JobState.SUCCEEDED:
+            self.tracker.complete()
+        if state.terminal:
+            self._done.set()
+
+    def _replay_progress(self, payload: ev.Payload) -> None:
+        match payload:
+            case ev.NodesCached(node_ids=ids):
+                self.tracker.cached(list(ids))
+            case ev.NodeStarted(node_id=node):
+                self.tracker.started(node)
+            case ev.NodeProgressed(node_id=node, value=value, max=maximum):
+                self.tracker.stepped(node, value, maximum)
+            case ev.NodeFinished(node_id=node):
+                self.tracker.finished(node)
+            case ev.Uploading():
+                self.tracker.execution_done()
+
+    def requeued(self) -> None:
+        """Back to QUEUED for a resubmission after its backend was lost."""
+        self.state = JobState.QUEUED
+        self.start_time = None
+        self.outputs = {}

@@ -1,0 +1,337 @@
+"""Following jobs on their backends: socket messages, reconciliation, cancel.
+
+ComfyUI sends a prompt's messages only to the socket registered under its
+client id at that instant and replays nothing, so the socket is the fast
+path and reconciliation is the truth: after every (re)connect and
+periodically while jobs are open, each open job is checked against
+``/queue`` and ``/history/{id}``. A job that is in neither was deleted or lost
+in a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..backends import Backend, BackendPool
+from ..comfyui import messages as m
+from ..comfyui.errors import ComfyUIUnavailable
+from ..comfyui.outputs import files_of, history_outcome, history_outputs
+from ..observability.metrics import Metrics
+from ..tasks import TaskSet
+from .collector import ArtifactCollector
+from .job import Job
+from .manifest import write_manifest_quietly
+from .model import FailureReason, JobFailure, JobState
+from .registry import JobRegistry
+
+log = logging.getLogger(__name__)
+
+Resubmit = Callable[[Job, str], Coroutine[Any, Any, None]]
+
+# An interrupt we send can, in a rare race, land on the next prompt; one that
+# arrives this soon after ours is treated as ours and the victim is resubmitted.
+INTERRUPT_RACE_SECONDS = 5.0
+CANCEL_RESEND_SECONDS = 1.0
+
+
+class JobTracker:
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        pool: BackendPool,
+        collector: ArtifactCollector,
+        tasks: TaskSet,
+        resubmit: Resubmit,
+        reconcile_interval_seconds: float,
+        metrics: Metrics,
+    ) -> None:
+        self.metrics = metrics
+        self.registry = registry
+        self.pool = pool
+        self.collector = collector
+        self.tasks = tasks
+        self._resubmit = resubmit
+        self._interval = reconcile_interval_seconds
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last_interrupt: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.tasks.spawn(self._reconcile_forever(), "reconcile loop")
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _job_on(self, backend: Backend, prompt_id: str | None) -> Job | None:
+        if not prompt_id:
+            return None
+        job = self.registry.get(prompt_id)
+        if job is None or job.backend != backend.url or job.terminal:
+            return None
+        return job
+
+    def submitted(self, job: Job, backend: Backend) -> None:
+        self._update_positions(backend, extra=job)
+
+    def _update_positions(self, backend: Backend, extra: Job | None = None) -> None:
+        waiting = [
+            j
+            for j in (self.registry.get(pid) for pid in backend.outstanding)
+            if j is not None and j.state is JobState.QUEUED and j.submitted.is_set()
+        ]
+        if extra is not None and extra not in waiting and extra.state is JobState.QUEUED:
+            waiting.append(extra)
+        waiting.sort(key=lambda j: j.queue_number)
+        for position, job in enumerate(waiting, start=1):
+            job.queued(position, backend.url)
+
+    def _ended(self, job: Job) -> None:
+        self.metrics.job_finished(job.state)
+        if job.start_time is not None:
+            self.metrics.queue_wait.observe(max(0.0, job.start_time - job.create_time))
+            finished = job.upload_start_time or job.end_time
+            if finished is not None:
+                self.metrics.execution.observe(max(0.0, finished - job.start_time))
+        if job.upload_start_time is not None and job.end_time is not None:
+            self.metrics.upload.observe(max(0.0, job.end_time - job.upload_start_time))
+        backend = self.pool.get(job.backend)
+        if backend is not None:
+            backend.outstanding.discard(job.job_id)
+            self._update_positions(backend)
+        self.registry.finished(job)
+
+    def _finish_failed(self, job: Job, failure: JobFailure) -> None:
+        job.failed(failure)
+        self._ended(job)
+        self.tasks.spawn(
+            write_manifest_quietly(self.collector.store, job), f"manifest {job.job_id}"
+        )
+
+    def _finish_cancelled(self, job: Job) -> None:
+        job.cancelled()
+        self._ended(job)
+        self.tasks.spawn(
+            write_manifest_quietly(self.collector.store, job), f"manifest {job.job_id}"
+        )
+
+    def fail_lost(self, job: Job, message: str) -> None:
+        self._finish_failed(job, JobFailure(reason=FailureReason.BACKEND_LOST, message=message))
+
+    # -- socket messages ----------------------------------------------------------
+
+    def on_message(self, backend: Backend, message: m.Message) -> None:
+        if isinstance(message, m.Status):
+            return
+        job = self._job_on(backend, getattr(message, "prompt_id", None))
+        if job is None:
+            return
+        match message:
+            case m.ExecutionStart():
+                job.started()
+                self._update_positions(backend)
+            case m.ExecutionCached(nodes=nodes):
+                job.nodes_cached(nodes)
+            case m.Executing(node=None):
+                if job.state is JobState.RUNNING:
+                    self._collect(job, backend)
+            case m.Executing(node=str(node)):
+                job.node_started(node)
+            case m.Progress(node=node, value=value, max=maximum):
+                job.node_progress(node, value, maximum)
+            case m.NodeStates(states=states):
+                for node_id, state in states.items():
+                    if state == "finished":
+                        job.node_finished(node_id)
+            case m.Executed(node=node, output=output):
+                job.output_reported(node, files_of(node, output))
+            case m.ExecutionSuccess():
+                self._collect(job, backend)
+            case m.ExecutionError() as error:
+                self._finish_failed(
+                    job,
+                    JobFailure(
+                        reason=FailureReason.EXECUTION_ERROR,
+                        message=f"node {error.node_id} ({error.node_type}) raised "
+                        f"{error.exception_type}: {error.exception_message}",
+                        node_id=error.node_id,
+                        class_type=error.node_type,
+                        exception_type=error.exception_type,
+                    ),
+                )
+            case m.ExecutionInterrupted() as interrupted:
+                self._interrupted(job, backend, interrupted.node_id, interrupted.node_type)
+
+    def _interrupted(self, job: Job, backend: Backend, node_id: str, class_type: str) -> None:
+        if job.cancel_requested:
+            self._finish_cancelled(job)
+            return
+        recent = self._last_interrupt.get(backend.url, 0.0)
+        if time.monotonic() - recent < INTERRUPT_RACE_SECONDS and job.attempts < 3:
+            log.warning(
+                "job %s was hit by an interrupt meant for another job; resubmitting", job.job_id
+            )
+            backend.outstanding.discard(job.job_id)
+            job.requeued()
+            self.tasks.spawn(self._resubmit(job, ""), f"resubmit {job.job_id}")
+            return
+        self._finish_failed(
+            job,
+            JobFailure(
+                reason=FailureReason.INTERRUPTED,
+                message="ComfyUI interrupted the job (not through this gateway)",
+                node_id=node_id,
+                class_type=class_type,
+            ),
+        )
+
+    # -- completion ------------------------------------------------------------------
+
+    def _collect(self, job: Job, backend: Backend) -> None:
+        if job.collecting or job.terminal:
+            return
+        job.collecting = True
+        self.tasks.spawn(self._collect_outputs(job, backend), f"collect {job.job_id}")
+
+    async def _collect_outputs(self, job: Job, backend: Backend) -> None:
+        entry = None
+        delay = 0.05
+        # ComfyUI writes history right after execution_success; give it a moment.
+        for _ in range(8):
+            try:
+                entry = await backend.client.history(job.job_id)
+            except ComfyUIUnavailable:
+                entry = None
+            if entry is not None:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if entry is None:
+            job.collecting = False
+            return  # reconciliation will find out what happened
+        await self._apply_history(job, backend, entry)
+
+    async def _apply_history(self, job: Job, backend: Backend, entry: dict[str, object]) -> None:
+        outcome, data = history_outcome(entry)
+        if outcome == "success":
+            job.collecting = True
+            job.uploading(history_outputs(entry))
+            await self.collector.collect(backend.client, job)
+            self._ended(job)
+            if job.state is JobState.FAILED:
+                await write_manifest_quietly(self.collector.store, job)
+        elif outcome == "interrupted":
+            self._interrupted(
+                job, backend, str(data.get("node_id", "")), str(data.get("node_type", ""))
+            )
+        else:
+            self._finish_failed(
+                job,
+                JobFailure(
+                    reason=FailureReason.EXECUTION_ERROR,
+                    message=f"node {data.get('node_id', '?')} ({data.get('node_type', '?')}) "
+                    f"raised "
+                    f"{data.get('exception_type', 'an error')}: "
+                    f"{str(data.get('exception_message', '')).strip()}",
+                    node_id=str(data.get("node_id", "")),
+                    class_type=str(data.get("node_type", "")),
+                    exception_type=str(data.get("exception_type", "")),
+                ),
+            )
+
+    # -- reconciliation -----------------------------------------------------------
+
+    async def on_connect(self, backend: Backend, first: bool) -> None:
+        # Messages sent while we had no socket are gone; after a gateway
+        # restart the jobs it adopted are unknown too. Ask ComfyUI.
+        if backend.outstanding:
+            self.tasks.spawn(self._reconcile_quietly(backend), f"reconcile {backend.url}")
+
+    async def _reconcile_quietly(self, backend: Backend) -> None:
+        try:
+            await self.reconcile(backend)
+        except ComfyUIUnavailable as exc:
+            log.info("reconcile with %s failed: %s", backend.url, exc)
+
+    def on_disconnect(self, backend: Backend) -> None:
+        pass
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            for backend in self.pool:
+                if backend.outstanding and backend.healthy:
+                    await self._reconcile_quietly(backend)
+
+    async def reconcile(self, backend: Backend) -> None:
+        """Bring every open job on ``backend`` in line with what ComfyUI knows."""
+        lock = self._locks.setdefault(backend.url, asyncio.Lock())
+        async with lock:
+            jobs = [
+                j
+                for j in (self.registry.get(pid) for pid in list(backend.outstanding))
+                if j is not None and not j.terminal and j.submitted.is_set() and not j.collecting
+            ]
+            if not jobs:
+                return
+            queue = await backend.client.queue()
+            for job in jobs:
+                if job.terminal or job.collecting or job.backend != backend.url:
+                    continue
+                if job.job_id in queue.running:
+                    job.started()
+                    continue
+                if job.job_id in queue.pending:
+                    job.queued(queue.position(job.job_id), backend.url)
+                    continue
+                entry = await backend.client.history(job.job_id)
+                if job.terminal or job.collecting:
+                    continue
+                if entry is not None:
+                    job.collecting = True
+                    self.tasks.spawn(
+                        self._apply_history(job, backend, entry), f"collect {job.job_id}"
+                    )
+                elif job.cancel_requested:
+                    self._finish_cancelled(job)
+                elif job.state is JobState.QUEUED or job.spec.retry_on_backend_loss:
+                    backend.outstanding.discard(job.job_id)
+                    job.requeued()
+                    self.tasks.spawn(self._resubmit(job, ""), f"resubmit {job.job_id}")
+                else:
+                    self.fail_lost(
+                        job,
+                        f"ComfyUI at {backend.url} no longer knows the job (restarted, or its "
+                        "queue was cleared) and it had already started",
+                    )
+
+    # -- cancel ---------------------------------------------------------------------
+
+    async def cancel(self, job: Job, budget_seconds: float) -> None:
+        backend = self.pool.get(job.backend)
+        if backend is None or job.terminal:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_seconds
+        if job.state is JobState.QUEUED:
+            await backend.client.delete_pending([job.job_id])
+            await self.reconcile(backend)
+        while not job.terminal and job.state is JobState.RUNNING:
+            self._last_interrupt[backend.url] = time.monotonic()
+            await backend.client.interrupt(job.job_id)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(job.wait_terminal(), min(CANCEL_RESEND_SECONDS, remaining))
+            except TimeoutError:
+                await self.reconcile(backend)
+        if not job.terminal and job.state is JobState.UPLOADING:
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                try:
+                    await asyncio.wait_for(job.wait_terminal(), remaining)
+                except TimeoutError:
+                    return

@@ -1,0 +1,1 @@
+"""Metrics, health and the small servers that expose them."""

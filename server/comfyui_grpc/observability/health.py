@@ -1,0 +1,73 @@
+"""Readiness for Kubernetes: SERVING while a ComfyUI backend is reachable and
+the artifact store answers, NOT_SERVING otherwise.
+
+Three names are published: ``""`` (overall), the GenerationService name
+(same), and ``liveness``, which stays SERVING while the process runs so a
+ComfyUI outage never restarts the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from ..backends import BackendPool
+from ..storage import ArtifactStore, StorageError
+
+log = logging.getLogger(__name__)
+
+LIVENESS_SERVICE = "liveness"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        pool: BackendPool,
+        store: ArtifactStore,
+        service_name: str,
+        *,
+        interval_seconds: float = 2.0,
+    ) -> None:
+        self.servicer = servicer
+        self.pool = pool
+        self.store = store
+        self.service_name = service_name
+        self.interval = interval_seconds
+        self.store_ok = False
+        self.serving: bool | None = None
+        self._changed = asyncio.Event()
+
+    async def check_once(self) -> bool:
+        try:
+            await self.store.check()
+            self.store_ok = True
+        except StorageError as exc:
+            if self.store_ok:
+                log.warning("artifact store unreachable: %s", exc)
+            self.store_ok = False
+        serving = self.store_ok and bool(self.pool.healthy)
+        if serving != self.serving:
+            self.serving = serving
+            status = SERVING if serving else NOT_SERVING
+            for name in ("", self.service_name):
+                await self.servicer.set(name, status)
+            log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
+        return serving
+
+    def nudge(self) -> None:
+        """Re-check now (a backend socket opened or closed)."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
+        while True:
+            await self.check_once()
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.interval)

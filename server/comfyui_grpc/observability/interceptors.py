@@ -1,0 +1,161 @@
+"""Server interceptors: RPC metrics and bearer-token authentication.
+
+grpc.aio interceptors see only the method name before the handler runs, so
+each wraps the handler's behaviour (unary or streaming) in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..api.status import to_status
+from ..errors import Unauthenticated
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
+
+
+def _code_of(context: Any, error: BaseException | None) -> str:
+    """The status the call ended with: set by abort, else OK or UNKNOWN."""
+    code = context.code()
+    if code is not None:
+        return str(getattr(code, "name", code))
+    if error is None:
+        return "OK"
+    return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+
+
+def _rewrap(handler: Handler, unary: Callable[..., Any], stream: Callable[..., Any]) -> Handler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+    )
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        seconds = self.metrics.rpc_seconds.labels(method)
+        handled = self.metrics.rpc_handled
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def timed(request: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    return await behaviour(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    seconds.observe(time.perf_counter() - start)
+                    handled.labels(method, _code_of(context, error)).inc()
+
+            return timed
+
+        def stream(
+            behaviour: Callable[..., AsyncIterator[Any]],
+        ) -> Callable[..., AsyncIterator[Any]]:
+            async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    seconds.observe(time.perf_counter() - start)
+                    handled.labels(method, _code_of(context, error)).inc()
+
+            return timed
+
+        return _rewrap(handler, unary, stream)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every method outside ``open_services``.
+
+    Tokens are compared in constant time; a missing or wrong token is
+    UNAUTHENTICATED. Health and reflection stay open for probes and tools.
+    """
+
+    def __init__(self, tokens: Iterable[str], open_services: Iterable[str]) -> None:
+        self._tokens = [t.encode() for t in tokens if t]
+        self._open = tuple(f"/{service}/" for service in open_services)
+
+    def _authorized(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        for key, value in metadata or ():
+            if key.lower() != "authorization":
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            candidate = token.strip().encode()
+            # Compare against every token so timing reveals nothing about which matched.
+            matched = False
+            for known in self._tokens:
+                matched |= hmac.compare_digest(candidate, known)
+            return matched
+        return False
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self._open):
+            return handler
+        if self._authorized(handler_call_details.invocation_metadata):
+            return handler
+        status = to_status(
+            Unauthenticated(
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+                reason="BAD_TOKEN",
+            )
+        )
+
+        def unary(_: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def refuse(request: Any, context: Any) -> Any:
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+            return refuse
+
+        def stream(_: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def refuse(request: Any, context: Any) -> AsyncIterator[Any]:
+                await context.abort(status.code, status.details, status.trailing_metadata)
+                yield None  # pragma: no cover - abort raises
+
+            return refuse
+
+        return _rewrap(handler, unary, stream)

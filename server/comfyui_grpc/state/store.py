@@ -1,0 +1,239 @@
+"""Job records in SQLite (or nowhere, for an in-memory gateway).
+
+Writes happen on a worker thread and are batched: events and job changes
+queue up and are flushed together every ``flush_interval_seconds`` in one
+transaction, so a burst of progress costs one commit. The one write that
+must not be late, a job's record before it is submitted to ComfyUI, is made
+at once (:meth:`JobStore.save_now`): after a crash, a job id found in the
+store but in neither ComfyUI queue nor history was never submitted, and
+is safe to submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from ..jobs import events as ev
+from ..jobs.job import Job
+from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+"""
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class JobStore:
+    """Interface: the null store keeps nothing."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def track(self, job: Job) -> None:
+        """Persist ``job``'s changes from now on (write-behind)."""
+
+    async def save_now(self, job: Job) -> None:
+        """Persist ``job`` before returning."""
+
+    async def forget(self, job_id: str) -> None:
+        """Drop a job that never reached ComfyUI."""
+
+    async def unfinished(self) -> list[Job]:
+        return []
+
+    async def by_request(self, request_id: str) -> Job | None:
+        return None
+
+    async def load(self, job_id: str) -> Job | None:
+        return None
+
+
+class NullJobStore(JobStore):
+    pass
+
+
+class SqliteJobStore(JobStore):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        flush_interval_seconds: float = 0.1,
+        retention_seconds: float = 7 * 24 * 3600,
+    ) -> None:
+        self.path = path
+        self.flush_interval = flush_interval_seconds
+        self.retention = retention_seconds
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._dirty: dict[str, Job] = {}
+        self._events: list[ev.Event] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    # -- thread side ---------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        cutoff = time.time() - self.retention
+        stale = [
+            row[0]
+            for row in db.execute(
+                "SELECT job_id FROM jobs WHERE state IN (?, ?, ?) AND updated < ?",
+                (*TERMINAL_STATES, cutoff),
+            )
+        ]
+        with db:
+            db.executemany("DELETE FROM events WHERE job_id = ?", [(j,) for j in stale])
+            db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in stale])
+        self._db = db
+
+    def _write(
+        self, jobs: list[tuple[str, str, str, float, str]], events: list[tuple[str, int, str]]
+    ) -> None:
+        assert self._db is not None
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT INTO jobs (job_id, request_id, state, updated, record) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, "
+                "updated = excluded.updated, record = excluded.record",
+                jobs,
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO events (job_id, sequence, record) VALUES (?, ?, ?)", events
+            )
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, str]]:
+        assert self._db is not None
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    def _load_sync(self, job_id: str, record: str) -> Job:
+        rows = self._query(
+            "SELECT sequence, record FROM events WHERE job_id = ? ORDER BY sequence", (job_id,)
+        )
+        events = [event_from_json(job_id, text) for _, text in rows]
+        return job_from_json(job_id, record, events)
+
+    # -- event loop side ----------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._connect)
+        self._flusher = asyncio.create_task(self._flush_forever(), name="job store flusher")
+
+    async def close(self) -> None:
+        task, self._flusher = self._flusher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._db is not None:
+            await self.flush()
+            db, self._db = self._db, None
+            db.close()
+
+    def _on_event(self, job: Job, event: ev.Event) -> None:
+        self._events.append(event)
+        self._dirty[job.job_id] = job
+        if event.terminal or len(self._events) > 500:
+            self._wakeup.set()
+
+    def track(self, job: Job) -> None:
+        job.listener = self._on_event
+
+    async def flush(self) -> None:
+        if self._db is None or (not self._dirty and not self._events):
+            return
+        now = time.time()
+        jobs = [
+            (j.job_id, j.spec.request_id, j.state.value, now, job_to_json(j))
+            for j in self._dirty.values()
+        ]
+        events = [(e.job_id, e.sequence, event_to_json(e)) for e in self._events]
+        self._dirty, self._events = {}, []
+        await asyncio.to_thread(self._write, jobs, events)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except sqlite3.Error:
+                log.exception("could not write job records to %s", self.path)
+
+    async def save_now(self, job: Job) -> None:
+        self._dirty[job.job_id] = job
+        await self.flush()
+
+    async def forget(self, job_id: str) -> None:
+        self._dirty.pop(job_id, None)
+        self._events = [e for e in self._events if e.job_id != job_id]
+
+        def delete() -> None:
+            assert self._db is not None
+            with self._lock, self._db:
+                self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+        await asyncio.to_thread(delete)
+
+    async def unfinished(self) -> list[Job]:
+        def load() -> list[Job]:
+            rows = self._query(
+                "SELECT job_id, record FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY updated",
+                TERMINAL_STATES,
+            )
+            return [self._load_sync(job_id, record) for job_id, record in rows]
+
+        return await asyncio.to_thread(load)
+
+    async def by_request(self, request_id: str) -> Job | None:
+        def load() -> Job | None:
+            rows = self._query(
+                "SELECT job_id, record FROM jobs WHERE request_id = ?", (request_id,)
+            )
+            return self._load_sync(*rows[0]) if rows else None
+
+        return await asyncio.to_thread(load)
+
+    async def load(self, job_id: str) -> Job | None:
+        def load() -> Job | None:
+            rows = self._query("SELECT job_id, record FROM jobs WHERE job_id = ?", (job_id,))
+            return self._load_sync(*rows[0]) if rows else None
+
+        return await asyncio.to_thread(load)
+
+
+def open_job_store(path: str) -> JobStore:
+    return SqliteJobStore(Path(path)) if path else NullJobStore()

@@ -1,0 +1,89 @@
+"""Shared fixtures: the ComfyUI simulator, the gateway and a client, all on
+real loopback ports in the test's event loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from comfyui_grpc.app import Gateway
+from comfyui_grpc.config import Settings
+from comfyui_grpc.simulator import Simulator
+from comfyui_grpc.storage import StorageSettings
+from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
+
+STRICT = os.environ.get("COMFYUI_GRPC_TEST_STRICT") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run slow soak/load/chaos tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; skips locally but fails in CI when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if STRICT:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
+    sim = Simulator(output_dir=tmp_path / "comfyui", step_seconds=0.01)
+    await sim.start(host="127.0.0.1", port=0)
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+def gateway_settings(tmp_path: Path, *urls: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "comfyui_urls": urls,
+        "storage": StorageSettings(local_dir=tmp_path / "artifacts"),
+        "reconcile_interval_seconds": 0.5,
+        "shutdown_grace_seconds": 2.0,
+        "metrics_port": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def gateway(simulator: Simulator, tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = Gateway(gateway_settings(tmp_path, simulator.url))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10.0), "the gateway never connected to the simulator"
+        yield gw
+    finally:
+        await gw.stop(grace=1.0)
+
+
+@pytest.fixture
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
+    return pb_grpc.GenerationServiceStub(channel)

@@ -1,0 +1,952 @@
+"""The Helm chart in helm/comfyui-grpc, rendered and linted by Helm itself.
+
+Every value set in VALUE_SETS must lint clean, pass values.schema.json, render
+manifests that validate against the Kubernetes API schemas (kubernetes-validate, strict:
+unknown fields fail), and hang together: selectors match pods, every referenced
+ConfigMap/Secret/claim/port exists. The ServiceMonitor (a CRD, unknown to those schemas) is
+checked against the fields of the Prometheus Operator's CRD that the chart uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "helm" / "comfyui-grpc"
+RELEASE = "demo"
+NAMESPACE = "ai"
+
+# The value sets every structural test runs on: the defaults and the deployments
+# docs/deploy.md describes.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # An external S3 (AWS) instead of the bundled RustFS, with static keys in values.
+    "external-s3": {
+        "rustfs": {"enabled": False},
+        "s3": {
+            "endpointUrl": "https://s3.eu-central-1.amazonaws.com",
+            "region": "eu-central-1",
+            "bucket": "acme-comfyui-outputs",
+            "prefix": "prod/",
+            "createBucket": False,
+            "accessKeyId": "AKIAEXAMPLEKEY",
+            "secretAccessKey": "example-secret-access-key",
+        },
+    },
+    # An existing ComfyUI outside the release: no GPU workload here.
+    "no-comfyui": {
+        "comfyui": {"enabled": False},
+        "externalComfyui": {
+            "urls": ["http://gpu-box-1.lan:8188", "http://gpu-box-2.lan:8188"],
+        },
+    },
+    # TLS (mutual) and bearer tokens on the gRPC port, scraped by the Prometheus Operator.
+    "tls-auth-servicemonitor": {
+        "tls": {"enabled": True, "secretName": "comfyui-grpc-tls", "clientAuth": True},
+        "auth": {"enabled": True, "tokens": ["token-one-0123456789", "token-two-9876543210"]},
+        "metrics": {
+            "serviceMonitor": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "labels": {"release": "kube-prometheus-stack"},
+                "interval": "15s",
+            }
+        },
+    },
+    # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, several
+    # stateless gateways, an existing Secret, existing models claim, several GPU pods.
+    "ingress-netpol-ha": {
+        "existingSecret": "comfyui-grpc-credentials",
+        "auth": {"enabled": True},
+        "gateway": {
+            "replicaCount": 3,
+            "persistence": {"enabled": False},
+            "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": None},
+            "service": {"annotations": {"example.com/owner": "ml-platform"}},
+        },
+        "comfyui": {
+            "replicaCount": 4,
+            "image": {"repository": "ghcr.io/acme/comfyui", "tag": "v0.3.40-cu124"},
+            "models": {"existingClaim": "comfyui-models", "readOnly": True},
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        },
+        "ingress": {
+            "enabled": True,
+            "annotations": {
+                "traefik.ingress.kubernetes.io/router.entrypoints": "websecure",
+                "traefik.ingress.kubernetes.io/router.tls": "true",
+            },
+            "hosts": [
+                {"host": "comfyui.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+            ],
+            "tls": [{"secretName": "comfyui-example-tls", "hosts": ["comfyui.example.com"]}],
+        },
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+        },
+    },
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import a test tool, or skip (fail under COMFYUI_GRPC_TEST_STRICT, as in CI)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if os.environ.get("COMFYUI_GRPC_TEST_STRICT"):
+            raise
+        pytest.skip(f"{module} is not installed ({error}); install the dev extra")
+
+
+@pytest.fixture(scope="session")
+def helm_sdk() -> ModuleType:
+    return require("helm_python")
+
+
+@pytest.fixture(scope="session")
+def helm_chart(helm_sdk: ModuleType) -> Iterator[Any]:
+    with helm_sdk.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+class Rendered:
+    """One rendering of the chart: its manifests as objects, and NOTES.txt."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self.notes = ""
+        self.docs: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    doc.setdefault("__source__", path)
+                    self.docs.append(doc)
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """The objects without the test's own bookkeeping key."""
+        return [{k: v for k, v in d.items() if k != "__source__"} for d in self.docs]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        for doc in self.docs:
+            if doc["kind"] == kind and doc["metadata"]["name"] == name:
+                return doc
+        names = [f"{d['kind']}/{d['metadata']['name']}" for d in self.docs]
+        raise AssertionError(f"no {kind}/{name} rendered; have {names}")
+
+    def find(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.get(kind, name)
+        except AssertionError:
+            return None
+
+
+@pytest.fixture(scope="session")
+def render_chart(helm_chart: Any) -> Any:
+    """render_chart(values, name=..., namespace=...) -> Rendered, cached per value set."""
+    cache: dict[str, Rendered] = {}
+
+    def _render(
+        values: dict[str, Any] | None = None, name: str = RELEASE, namespace: str = NAMESPACE
+    ) -> Rendered:
+        key = repr((values, name, namespace))
+        if key not in cache:
+            files = helm_chart.render(values or {}, name=name, namespace=namespace, is_install=True)
+            cache[key] = Rendered(files)
+        return cache[key]
+
+    return _render
+
+
+@pytest.fixture(params=sorted(VALUE_SETS), scope="session")
+def value_set(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    return request.param, VALUE_SETS[request.param]
+
+
+FULLNAME = f"{RELEASE}-comfyui-grpc"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the
+# installed kubernetes-validate knows.
+MIN_KUBE = "1.27"
+CRD_KINDS = {"ServiceMonitor"}
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    for item in pod_spec(workload)["containers"]:
+        if item["name"] == name:
+            return item
+    raise AssertionError(f"no container {name} in {workload['metadata']['name']}")
+
+
+def env_of(item: dict[str, Any]) -> dict[str, Any]:
+    """A container's env as {name: value or valueFrom}."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in item.get("env", [])}
+
+
+def configmap_env(rendered: Rendered, item: dict[str, Any]) -> dict[str, str]:
+    """The variables a container gets from the chart's ConfigMaps through envFrom."""
+    merged: dict[str, str] = {}
+    for source in item.get("envFrom", []):
+        ref = source.get("configMapRef")
+        if ref:
+            merged.update(rendered.get("ConfigMap", ref["name"])["data"])
+    return merged
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def secret_keys(rendered: Rendered, name: str) -> set[str] | None:
+    """Keys of a rendered Secret, or None when the Secret is not rendered by the chart."""
+    secret = rendered.find("Secret", name)
+    if secret is None:
+        return None
+    return set(secret.get("data", {})) | set(secret.get("stringData", {}))
+
+
+def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
+    """Everything that points at something the release does not provide."""
+    problems: list[str] = []
+    existing_secrets = {values.get("existingSecret"), values.get("tls", {}).get("secretName")}
+    existing_secrets |= {t.get("secretName") for t in values.get("ingress", {}).get("tls", [])}
+    existing_claims = {
+        values.get("gateway", {}).get("persistence", {}).get("existingClaim"),
+        values.get("comfyui", {}).get("models", {}).get("existingClaim"),
+    }
+    existing_secrets.discard(None)
+    existing_claims.discard(None)
+    pods = []
+    for workload in rendered.docs:
+        if workload["kind"] not in WORKLOAD_KINDS:
+            continue
+        name = workload["metadata"]["name"]
+        spec = workload["spec"]
+        template_labels = spec["template"]["metadata"]["labels"]
+        if not selects(spec["selector"]["matchLabels"], template_labels):
+            problems.append(f"{name}: selector does not match its pod template")
+        pods.append((name, template_labels, pod_spec(workload)))
+        if workload["kind"] == "StatefulSet" and not rendered.find("Service", spec["serviceName"]):
+            problems.append(f"{name}: serviceName {spec['serviceName']} is not rendered")
+        claim_templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        podspec = pod_spec(workload)
+        volumes = {v["name"]: v for v in podspec.get("volumes", [])}
+        sa = podspec.get("serviceAccountName")
+        if sa and not rendered.find("ServiceAccount", sa):
+            problems.append(f"{name}: ServiceAccount {sa} is not rendered")
+        for vol in volumes.values():
+            if "configMap" in vol and not rendered.find("ConfigMap", vol["configMap"]["name"]):
+                problems.append(f"{name}: volume {vol['name']} needs a missing ConfigMap")
+            if "secret" in vol:
+                ref = vol["secret"]["secretName"]
+                if ref not in existing_secrets and not rendered.find("Secret", ref):
+                    problems.append(f"{name}: volume {vol['name']} needs a missing Secret {ref}")
+            if "persistentVolumeClaim" in vol:
+                claim = vol["persistentVolumeClaim"]["claimName"]
+                if claim not in existing_claims and not rendered.find(
+                    "PersistentVolumeClaim", claim
+                ):
+                    problems.append(f"{name}: volume {vol['name']} needs a missing claim {claim}")
+        for item in podspec["containers"]:
+            ports = {p["name"] for p in item.get("ports", [])}
+            for mount in item.get("volumeMounts", []):
+                if mount["name"] not in volumes and mount["name"] not in claim_templates:
+                    problems.append(f"{name}/{item['name']}: mount {mount['name']} has no volume")
+            for source in item.get("envFrom", []):
+                ref = source.get("configMapRef", {}).get("name")
+                if ref and not rendered.find("ConfigMap", ref):
+                    problems.append(f"{name}/{item['name']}: envFrom needs ConfigMap {ref}")
+            for var in item.get("env", []):
+                key_ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if not key_ref:
+                    continue
+                keys = secret_keys(rendered, key_ref["name"])
+                if keys is None and key_ref["name"] not in existing_secrets:
+                    problems.append(f"{name}: {var['name']} needs a missing Secret")
+                elif keys is not None and key_ref["key"] not in keys:
+                    problems.append(f"{name}: {var['name']} needs key {key_ref['key']}")
+            for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
+                probe = item.get(probe_name, {})
+                port = (probe.get("httpGet") or probe.get("grpc") or {}).get("port")
+                if isinstance(port, str) and port not in ports:
+                    problems.append(f"{name}: {probe_name} uses unknown port {port}")
+                if isinstance(port, int) and port not in {
+                    p["containerPort"] for p in item.get("ports", [])
+                }:
+                    problems.append(f"{name}: {probe_name} uses unexposed port {port}")
+    for service in rendered.of_kind("Service"):
+        selector = service["spec"].get("selector", {})
+        matching = [pod for pod in pods if selects(selector, pod[1])]
+        if not matching:
+            problems.append(f"Service {service['metadata']['name']} selects no pods")
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort")
+            if isinstance(target, str) and not any(
+                target in {p["name"] for c in pod[2]["containers"] for p in c.get("ports", [])}
+                for pod in matching
+            ):
+                problems.append(f"Service {service['metadata']['name']}: no pod port {target}")
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for doc in rendered.of_kind(kind):
+            spec = doc["spec"]
+            selector = (spec.get("selector") or spec.get("podSelector"))["matchLabels"]
+            if not any(selects(selector, pod[1]) for pod in pods):
+                problems.append(f"{kind} {doc['metadata']['name']} selects no pods")
+    for ingress in rendered.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                service = rendered.find("Service", backend["name"])
+                if service is None or backend["port"]["name"] not in {
+                    p["name"] for p in service["spec"]["ports"]
+                }:
+                    problems.append(f"Ingress backend {backend} does not exist")
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        spec = monitor["spec"]
+        services = [
+            s
+            for s in rendered.of_kind("Service")
+            if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])
+            and s["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
+        ]
+        if not services:
+            problems.append("ServiceMonitor selects no Service")
+        for endpoint in spec["endpoints"]:
+            served = {p["name"] for s in services for p in s["spec"]["ports"]}
+            if endpoint["port"] not in served:
+                problems.append(f"ServiceMonitor endpoint port {endpoint['port']} is not served")
+    return problems
+
+
+# The ServiceMonitor fields of monitoring.coreos.com/v1 the chart may write, with the
+# CRD's own constraints; anything else (a typo) fails.
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+    r"(([0-9]+)ms)?)$",
+}
+_LABEL_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string", "pattern": DNS_SUBDOMAIN.pattern},
+                "namespace": {"type": "string", "pattern": DNS_LABEL.pattern},
+                "labels": _LABEL_MAP,
+                "annotations": _LABEL_MAP,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "sampleLimit": {"type": "integer", "minimum": 0},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": _LABEL_MAP,
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {"type": ["string", "integer"]},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                            "honorLabels": {"type": "boolean"},
+                            "honorTimestamps": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": {"type": "object"}},
+                            "metricRelabelings": {"type": "array", "items": {"type": "object"}},
+                            "tlsConfig": {"type": "object"},
+                            "authorization": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate_service_monitor(doc: dict[str, Any]) -> None:
+    jsonschema = require("jsonschema")
+    jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA).validate(doc)
+
+
+# --- Helm: lint, schema, render ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", [None, f"v{MIN_KUBE}.0"])
+def test_lint_has_no_errors_or_warnings(
+    helm_sdk: Any, value_set: tuple[str, dict[str, Any]], kube_version: str | None
+) -> None:
+    name, values = value_set
+    report = helm_sdk.lint(CHART_DIR, values, strict=True, kube_version=kube_version)
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == [], f"{name}: {report['errors']}"
+    serious = [m for m in report["messages"] if m["severity"] >= 2]
+    assert serious == [], f"{name}: {serious}"
+
+
+def test_lint_catches_a_broken_chart(helm_sdk: Any, helm_chart: Any, tmp_path: Path) -> None:
+    """The lint test above can fail: a template error is reported as an error."""
+    broken_dir = Path(helm_chart.save_dir(tmp_path))
+    target = broken_dir / "templates" / "gateway-service.yaml"
+    target.write_text(target.read_text() + "\n{{ .Values.gateway.nope.missing }}\n")
+    report = helm_sdk.lint(broken_dir, {})
+    assert report["errors"], report
+
+
+def test_every_value_set_passes_the_values_schema(
+    helm_chart: Any, value_set: tuple[str, dict[str, Any]]
+) -> None:
+    helm_chart.validate_schema(value_set[1])
+
+
+def test_defaults_in_values_yaml_are_all_described_by_the_schema() -> None:
+    """values.schema.json forbids unknown keys at every level the chart owns, so every key
+    of values.yaml must be declared there (else the defaults themselves would fail)."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    require("jsonschema").Draft7Validator(schema).validate(defaults)
+    assert schema["additionalProperties"] is False
+    assert set(defaults) <= set(schema["properties"])
+
+
+def test_manifests_validate_against_kubernetes_schemas(
+    render_chart: Any, value_set: tuple[str, dict[str, Any]]
+) -> None:
+    kv = require("kubernetes_validate")
+    name, values = value_set
+    rendered = render_chart(values)
+    assert rendered.docs, f"{name}: nothing rendered"
+    checked: set[str] = set()
+    for doc in rendered.manifests():
+        if doc["kind"] in CRD_KINDS:
+            validate_service_monitor(doc)
+            checked.add(doc["kind"])
+            continue
+        for version in (MIN_KUBE, kv.latest_version()):
+            try:
+                kv.validate(doc, version, strict=True)
+            except kv.ValidationError as error:
+                where = ".".join(str(p) for p in error.path)
+                pytest.fail(
+                    f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes "
+                    f"{version} at {where}: {error.message}"
+                )
+        checked.add(doc["kind"])
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= checked
+
+
+def test_kubernetes_validation_can_fail(render_chart: Any) -> None:
+    """A misspelt field is caught by the strict schemas the test above uses."""
+    kv = require("kubernetes_validate")
+    deployment = render_chart({}).get("Deployment", FULLNAME)
+    broken = json.loads(json.dumps({k: v for k, v in deployment.items() if k != "__source__"}))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpcc"] = {}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, MIN_KUBE, strict=True)
+
+
+def test_service_monitor_check_can_fail(render_chart: Any) -> None:
+    jsonschema = require("jsonschema")
+    monitor = render_chart(VALUE_SETS["tls-auth-servicemonitor"]).get("ServiceMonitor", FULLNAME)
+    broken = json.loads(json.dumps({k: v for k, v in monitor.items() if k != "__source__"}))
+    broken["spec"]["endpoints"][0]["interval"] = "every 30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_service_monitor(broken)
+
+
+def test_references_and_selectors_hold_together(
+    render_chart: Any, value_set: tuple[str, dict[str, Any]]
+) -> None:
+    name, values = value_set
+    assert reference_problems(render_chart(values), values) == [], name
+
+
+def test_reference_check_can_fail(render_chart: Any) -> None:
+    rendered = render_chart({})
+    broken = Rendered(rendered.files)
+    service = broken.get("Service", FULLNAME)
+    service["spec"]["selector"]["app.kubernetes.io/component"] = "nothing"
+    deployment = broken.get("Deployment", FULLNAME)
+    pod_spec(deployment)["containers"][0]["envFrom"][0]["configMapRef"]["name"] = "missing"
+    problems = reference_problems(broken, {})
+    assert any("selects no pods" in p for p in problems), problems
+    assert any("ConfigMap missing" in p for p in problems), problems
+
+
+def test_names_and_labels(render_chart: Any, value_set: tuple[str, dict[str, Any]]) -> None:
+    name, values = value_set
+    for doc in render_chart(values).docs:
+        meta = doc["metadata"]
+        label = f"{name}: {doc['kind']}/{meta['name']}"
+        assert DNS_SUBDOMAIN.match(meta["name"]), label
+        if doc["kind"] == "Service":
+            assert DNS_LABEL.match(meta["name"]), label
+        assert meta["namespace"] == (
+            "monitoring" if doc["kind"] == "ServiceMonitor" else NAMESPACE
+        ), label
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "comfyui-grpc", label
+        assert labels["app.kubernetes.io/instance"] == RELEASE, label
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", label
+        assert labels["app.kubernetes.io/part-of"] == "comfyui-grpc", label
+        assert labels["app.kubernetes.io/component"] in {"gateway", "comfyui", "rustfs"}, label
+        assert labels["app.kubernetes.io/version"] == "0.1.0", label
+        assert labels["helm.sh/chart"] == "comfyui-grpc-0.1.0", label
+
+
+def test_long_release_names_still_make_valid_names(render_chart: Any) -> None:
+    release = "a-very-long-release-name-for-comfyui-grpc-on-k3s-x"  # 50 characters
+    rendered = render_chart({}, name=release)
+    for doc in rendered.docs:
+        name = doc["metadata"]["name"]
+        assert len(name) <= 63, name
+        assert DNS_LABEL.match(name), name
+    names = [d["metadata"]["name"] for d in rendered.docs if d["kind"] == "Service"]
+    assert len(names) == len(set(names))
+
+
+# --- what each deployment looks like ------------------------------------------------------
+
+
+def test_default_gateway_follows_the_runtime_contract(render_chart: Any) -> None:
+    rendered = render_chart({})
+    deployment = rendered.get("Deployment", FULLNAME)
+    spec = pod_spec(deployment)
+    gateway = container(deployment, "gateway")
+    assert gateway["image"] == "ghcr.io/comfyui-grpc/comfyui-grpc:0.1.0"
+    assert gateway["args"] == ["serve"]
+    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {
+        "grpc": 50051,
+        "metrics": 9464,
+    }
+    env = configmap_env(rendered, gateway)
+    comfyui_host = f"{FULLNAME}-comfyui.{NAMESPACE}.svc.cluster.local"
+    assert env["COMFYUI_GRPC_PORT"] == "50051"
+    assert env["COMFYUI_GRPC_METRICS_PORT"] == "9464"
+    assert env["COMFYUI_GRPC_COMFYUI_URLS"] == f"http://{comfyui_host}:8188"
+    assert env["COMFYUI_GRPC_COMFYUI_DNS_DISCOVERY"] == "true"
+    assert env["COMFYUI_GRPC_STATE_PATH"] == "/var/lib/comfyui-grpc/state.db"
+    assert env["COMFYUI_GRPC_S3_ENDPOINT_URL"] == (
+        f"http://{FULLNAME}-rustfs.{NAMESPACE}.svc.cluster.local:9000"
+    )
+    assert env["COMFYUI_GRPC_S3_CREATE_BUCKET"] == "true"
+    assert env["COMFYUI_GRPC_LOG_FORMAT"] == "json"
+    assert int(env["COMFYUI_GRPC_SHUTDOWN_GRACE_SECONDS"]) < spec["terminationGracePeriodSeconds"]
+    assert spec["terminationGracePeriodSeconds"] == 60
+    # Service links would inject COMFYUI_GRPC_PORT=tcp://... for a Service named comfyui-grpc.
+    assert spec["enableServiceLinks"] is False
+    secret_env = env_of(gateway)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert secret_env[var]["secretKeyRef"]["name"] == FULLNAME
+    assert "COMFYUI_GRPC_AUTH_TOKENS" not in secret_env
+    # Native gRPC probes on the health service: "liveness" for liveness, "" for readiness.
+    assert gateway["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+    assert gateway["startupProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+    assert gateway["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    # Non-root, read-only root filesystem, writable state and /tmp.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert gateway["securityContext"]["allowPrivilegeEscalation"] is False
+    assert gateway["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert gateway["resources"]["requests"]
+    assert gateway["resources"]["limits"]
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    state = volumes[mounts["/var/lib/comfyui-grpc"]]
+    assert state["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-state"
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9464"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert rendered.get("PodDisruptionBudget", FULLNAME)["spec"]["maxUnavailable"] == 1
+    assert rendered.find("ServiceMonitor", FULLNAME) is None
+    assert rendered.find("Ingress", FULLNAME) is None
+    assert not rendered.of_kind("NetworkPolicy")
+
+
+def test_default_service_exposes_grpc_and_metrics(render_chart: Any) -> None:
+    service = render_chart({}).get("Service", FULLNAME)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"]["port"] == 50051
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert ports["metrics"]["port"] == 9464
+    assert "annotations" not in service["metadata"]
+
+
+def test_default_comfyui_is_a_gpu_workload_behind_a_headless_service(render_chart: Any) -> None:
+    rendered = render_chart({})
+    name = f"{FULLNAME}-comfyui"
+    deployment = rendered.get("Deployment", name)
+    comfyui = container(deployment, "comfyui")
+    assert comfyui["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert comfyui["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert comfyui["args"][:4] == ["--listen", "0.0.0.0", "--port", "8188"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert comfyui[probe]["httpGet"]["path"] == "/system_stats"
+    spec = pod_spec(deployment)
+    assert spec["runtimeClassName"] == "nvidia"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    models = next(m for m in comfyui["volumeMounts"] if m["name"] == "models")
+    assert models["mountPath"] == "/opt/ComfyUI/models"
+    claim = rendered.get("PersistentVolumeClaim", f"{FULLNAME}-comfyui-models")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    service = rendered.get("Service", name)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is False
+
+
+def test_default_rustfs_is_a_statefulset_sharing_the_gateway_credentials(render_chart: Any) -> None:
+    rendered = render_chart({})
+    name = f"{FULLNAME}-rustfs"
+    statefulset = rendered.get("StatefulSet", name)
+    rustfs = container(statefulset, "rustfs")
+    assert rustfs["image"] == "rustfs/rustfs:1.0.0"
+    assert rustfs["securityContext"]["readOnlyRootFilesystem"] is True
+    env = env_of(rustfs)
+    gateway_env = env_of(container(rendered.get("Deployment", FULLNAME), "gateway"))
+    assert env["RUSTFS_ACCESS_KEY"] == gateway_env["AWS_ACCESS_KEY_ID"]
+    assert env["RUSTFS_SECRET_KEY"] == gateway_env["AWS_SECRET_ACCESS_KEY"]
+    assert env["RUSTFS_ADDRESS"] == ":9000"
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
+        "storage": "50Gi"
+    }
+    assert {m["mountPath"] for m in rustfs["volumeMounts"]} >= {"/data", "/tmp", "/logs"}
+    ports = rendered.get("Service", name)["spec"]["ports"]
+    assert [p["port"] for p in ports] == [9000]
+    secret = rendered.get("Secret", FULLNAME)
+    assert set(secret["data"]) == {"s3-access-key-id", "s3-secret-access-key"}
+    assert all(len(v) >= 20 for v in secret["data"].values())
+
+
+def test_external_s3_drops_rustfs(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["external-s3"])
+    assert not rendered.of_kind("StatefulSet")
+    assert rendered.find("Service", f"{FULLNAME}-rustfs") is None
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    env = configmap_env(rendered, gateway)
+    assert env["COMFYUI_GRPC_S3_ENDPOINT_URL"] == "https://s3.eu-central-1.amazonaws.com"
+    assert env["COMFYUI_GRPC_S3_REGION"] == "eu-central-1"
+    assert env["COMFYUI_GRPC_S3_BUCKET"] == "acme-comfyui-outputs"
+    assert env["COMFYUI_GRPC_S3_PREFIX"] == "prod/"
+    assert env["COMFYUI_GRPC_S3_CREATE_BUCKET"] == "false"
+    secret = rendered.get("Secret", FULLNAME)
+    assert secret["data"]["s3-access-key-id"] == "QUtJQUVYQU1QTEVLRVk="  # AKIAEXAMPLEKEY
+    assert "secretKeyRef" in env_of(gateway)["AWS_ACCESS_KEY_ID"]
+
+
+def test_external_s3_without_keys_uses_the_default_credential_chain(render_chart: Any) -> None:
+    rendered = render_chart({"rustfs": {"enabled": False}})
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    assert "AWS_ACCESS_KEY_ID" not in env_of(gateway)
+    assert rendered.find("Secret", FULLNAME) is None
+    assert "COMFYUI_GRPC_S3_ENDPOINT_URL" not in configmap_env(rendered, gateway)
+
+
+def test_no_comfyui_points_the_gateway_at_the_external_urls(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["no-comfyui"])
+    assert rendered.find("Deployment", f"{FULLNAME}-comfyui") is None
+    assert rendered.find("Service", f"{FULLNAME}-comfyui") is None
+    assert not [d for d in rendered.of_kind("PersistentVolumeClaim") if "models" in str(d)]
+    env = configmap_env(rendered, container(rendered.get("Deployment", FULLNAME), "gateway"))
+    assert env["COMFYUI_GRPC_COMFYUI_URLS"] == "http://gpu-box-1.lan:8188,http://gpu-box-2.lan:8188"
+    assert env["COMFYUI_GRPC_COMFYUI_DNS_DISCOVERY"] == "false"
+
+
+def test_tls_auth_and_service_monitor(render_chart: Any) -> None:
+    values = VALUE_SETS["tls-auth-servicemonitor"]
+    rendered = render_chart(values)
+    deployment = rendered.get("Deployment", FULLNAME)
+    gateway = container(deployment, "gateway")
+    env = configmap_env(rendered, gateway)
+    assert env["COMFYUI_GRPC_TLS_CERT"] == "/etc/comfyui-grpc/tls/tls.crt"
+    assert env["COMFYUI_GRPC_TLS_KEY"] == "/etc/comfyui-grpc/tls/tls.key"
+    assert env["COMFYUI_GRPC_TLS_CLIENT_CA"] == "/etc/comfyui-grpc/tls/ca.crt"
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "comfyui-grpc-tls"
+    # The kubelet cannot probe gRPC over TLS: the probes run the bundled script instead.
+    script = (CHART_DIR / "files" / "healthcheck.py").read_text()
+    probe_map = rendered.get("ConfigMap", f"{FULLNAME}-probe")
+    assert probe_map["data"]["healthcheck.py"] == script
+    for probe, service in (("livenessProbe", "liveness"), ("readinessProbe", "")):
+        assert "grpc" not in gateway[probe]
+        command = gateway[probe]["exec"]["command"]
+        assert command == [
+            "/opt/venv/bin/python",
+            "/etc/comfyui-grpc/probe/healthcheck.py",
+            service,
+        ]
+    # Bearer tokens from the chart's Secret.
+    token_ref = env_of(gateway)["COMFYUI_GRPC_AUTH_TOKENS"]["secretKeyRef"]
+    secret = rendered.get("Secret", token_ref["name"])
+    assert secret["data"][token_ref["key"]] == (
+        "dG9rZW4tb25lLTAxMjM0NTY3ODksdG9rZW4tdHdvLTk4NzY1NDMyMTA="
+    )  # "token-one-0123456789,token-two-9876543210"
+    service = rendered.get("Service", FULLNAME)
+    assert "appProtocol" not in service["spec"]["ports"][0]
+    monitor = rendered.get("ServiceMonitor", FULLNAME)
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    assert monitor["spec"]["endpoints"][0] == {
+        "port": "metrics",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": "15s",
+        "scrapeTimeout": "10s",
+    }
+
+
+def test_ingress_routes_grpc_through_traefik_with_h2c(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["ingress-netpol-ha"])
+    ingress = rendered.get("Ingress", FULLNAME)
+    assert ingress["spec"]["ingressClassName"] == "traefik"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": FULLNAME, "port": {"name": "grpc"}}
+    annotations = rendered.get("Service", FULLNAME)["metadata"]["annotations"]
+    assert annotations == {
+        "traefik.ingress.kubernetes.io/service.serversscheme": "h2c",
+        "example.com/owner": "ml-platform",
+    }
+    with_tls = render_chart({"ingress": {"enabled": True}, **VALUE_SETS["tls-auth-servicemonitor"]})
+    scheme = with_tls.get("Service", FULLNAME)["metadata"]["annotations"]
+    assert scheme["traefik.ingress.kubernetes.io/service.serversscheme"] == "https"
+
+
+def test_ha_set_uses_existing_secret_stateless_gateways_and_network_policies(
+    render_chart: Any,
+) -> None:
+    rendered = render_chart(VALUE_SETS["ingress-netpol-ha"])
+    assert rendered.find("Secret", FULLNAME) is None
+    deployment = rendered.get("Deployment", FULLNAME)
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert rendered.find("PersistentVolumeClaim", f"{FULLNAME}-state") is None
+    gateway = container(deployment, "gateway")
+    refs = {n: v["secretKeyRef"] for n, v in env_of(gateway).items()}
+    assert {r["name"] for r in refs.values()} == {"comfyui-grpc-credentials"}
+    assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "COMFYUI_GRPC_AUTH_TOKENS"}
+    pdb = rendered.get("PodDisruptionBudget", FULLNAME)
+    assert pdb["spec"] == {"minAvailable": 2, "selector": pdb["spec"]["selector"]}
+    comfyui = rendered.get("Deployment", f"{FULLNAME}-comfyui")
+    assert comfyui["spec"]["replicas"] == 4
+    claim = next(v for v in pod_spec(comfyui)["volumes"] if v["name"] == "models")
+    assert claim["persistentVolumeClaim"] == {"claimName": "comfyui-models", "readOnly": True}
+    assert rendered.find("PersistentVolumeClaim", f"{FULLNAME}-comfyui-models") is None
+    policies = {p["metadata"]["name"]: p for p in rendered.of_kind("NetworkPolicy")}
+    assert set(policies) == {FULLNAME, f"{FULLNAME}-comfyui", f"{FULLNAME}-rustfs"}
+    gateway_selector = deployment["spec"]["selector"]["matchLabels"]
+    for name in (f"{FULLNAME}-comfyui", f"{FULLNAME}-rustfs"):
+        sources = policies[name]["spec"]["ingress"][0]["from"]
+        assert sources == [{"podSelector": {"matchLabels": gateway_selector}}]
+    metrics_rule = policies[FULLNAME]["spec"]["ingress"][1]
+    assert metrics_rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert metrics_rule["from"][0]["namespaceSelector"]
+
+
+def test_notes_show_grpcurl_commands(render_chart: Any) -> None:
+    notes = render_chart({}).notes
+    assert f"kubectl -n {NAMESPACE} port-forward service/{FULLNAME} 50051:50051" in notes
+    assert "grpcurl -plaintext localhost:50051 list" in notes
+    assert "grpc.health.v1.Health/Check" in notes
+    assert "comfyui_grpc.v1.GenerationService/Generate" in notes
+    assert "comfyui_grpc.v1.GenerationService/StreamProgress" in notes
+    assert "placeholder" in notes
+    secure = render_chart(VALUE_SETS["tls-auth-servicemonitor"]).notes
+    assert "-plaintext" not in secure
+    assert "-cacert ca.crt" in secure
+    assert '-H "authorization: Bearer $TOKEN"' in secure
+    assert "-cert client.crt -key client.key" in secure
+    ingress = render_chart(VALUE_SETS["ingress-netpol-ha"]).notes
+    assert "comfyui.example.com:443 list" in ingress
+    assert "placeholder" not in ingress
+
+
+# --- bad values are refused with a message that names them --------------------------------
+
+BAD_VALUES = [
+    ({"gateway": {"replicaCount": "two"}}, ["/gateway/replicaCount", "got string, want integer"]),
+    ({"gatway": {"replicaCount": 2}}, ["additional properties 'gatway' not allowed"]),
+    ({"gateway": {"logFormat": "yaml"}}, ["/gateway/logFormat", "'json', 'text'"]),
+    ({"gateway": {"grpcPort": 70000}}, ["/gateway/grpcPort", "want 65,535"]),
+    ({"comfyui": {"gpu": {"count": -1}}}, ["/comfyui/gpu/count"]),
+    ({"comfyui": {"enabled": "yes"}}, ["/comfyui/enabled", "got string, want boolean"]),
+    ({"rustfs": {"persistence": {"size": "lots"}}}, ["/rustfs/persistence/size"]),
+    ({"s3": {"bucket": "Outputs_Bucket"}}, ["/s3/bucket", "Outputs_Bucket"]),
+    ({"externalComfyui": {"urls": ["comfyui:8188"]}}, ["/externalComfyui/urls/0"]),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, ["/metrics/serviceMonitor/interval"]),
+    ({"auth": {"tokens": ["a,b"]}}, ["/auth/tokens/0"]),
+    ({"gateway": {"persistence": {"sizee": "1Gi"}}}, ["additional properties 'sizee'"]),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), BAD_VALUES)
+def test_bad_values_are_rejected_with_a_readable_message(
+    helm_sdk: Any, helm_chart: Any, values: dict[str, Any], expected: list[str]
+) -> None:
+    with pytest.raises(helm_sdk.HelmValuesError) as caught:
+        helm_chart.validate_schema(values)
+    message = str(caught.value)
+    for part in expected:
+        assert part in message, message
+    # An install refuses them the same way, before rendering anything.
+    with pytest.raises(helm_sdk.HelmValuesError) as on_render:
+        helm_chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert "values don't meet the specifications of the schema" in str(on_render.value)
+
+
+CONFLICTING_VALUES = [
+    ({"gateway": {"replicaCount": 2}}, "gateway.persistence.enabled=false"),
+    ({"gateway": {"shutdownGraceSeconds": 60}}, "shorter than gateway.terminationGrace"),
+    ({"comfyui": {"enabled": False}}, "needs externalComfyui.urls"),
+    ({"externalComfyui": {"urls": ["http://x:8188"]}}, "set comfyui.enabled=false"),
+    ({"s3": {"endpointUrl": "https://s3.example.com"}}, "set rustfs.enabled=false"),
+    ({"s3": {"accessKeyId": "only-half"}}, "set both s3.accessKeyId and s3.secretAccessKey"),
+    ({"auth": {"enabled": True}}, "auth.enabled needs tokens"),
+    ({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
+    ({"gateway": {"podDisruptionBudget": {"minAvailable": 1}}}, "not both"),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), CONFLICTING_VALUES)
+def test_conflicting_values_fail_the_render_with_advice(
+    helm_sdk: Any, helm_chart: Any, values: dict[str, Any], expected: str
+) -> None:
+    helm_chart.validate_schema(values)  # each value is fine alone: the combination is not
+    with pytest.raises(helm_sdk.HelmRenderError) as caught:
+        helm_chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert expected in str(caught.value)
+
+
+# --- the image the chart runs -------------------------------------------------------------
+
+
+def test_chart_app_version_matches_the_package_version() -> None:
+    chart_meta = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert version is not None
+    assert chart_meta["appVersion"] == version.group(1)
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert f"ARG VERSION={version.group(1)}" in dockerfile
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` out of the build context (last matching pattern wins,
+    a pattern matching a parent directory matches its contents)."""
+    from fnmatch import fnmatchcase
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.removeprefix("!").rstrip("/")
+        if any(fnmatchcase(prefix, glob) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerfile_builds_the_image_the_chart_expects() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    runtime = dockerfile.split(" AS runtime", 1)[1]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    assert "pip install --no-cache-dir '.[server]'" in dockerfile
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
+    user = re.search(r"^USER (\d+):(\d+)$", runtime, re.MULTILINE)
+    assert user is not None
+    assert int(user.group(1)) == 10001  # the chart's runAsUser
+    assert int(user.group(1)) != 0
+    assert "PYTHONDONTWRITEBYTECODE=1" in runtime
+    assert re.search(r"^EXPOSE 50051 9464$", runtime, re.MULTILINE)
+    # Exec form, so SIGTERM reaches the gateway; the TLS probe runs the venv's Python.
+    assert 'ENTRYPOINT ["/opt/venv/bin/comfyui-grpc"]' in runtime
+    assert 'CMD ["serve"]' in runtime
+    assert "/opt/venv/bin/python" in (CHART_DIR / "templates" / "_helpers.tpl").read_text()
+    # Everything the builder copies is in the build context, and nothing else is.
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE)
+    copied = [s for line in sources for s in line.split()]
+    assert copied == ["pyproject.toml", "README.md", "protos", "server", "clients/python"]
+    for source in copied:
+        root = REPO_ROOT / source
+        assert root.exists(), source
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for file in files:
+            relative = file.relative_to(REPO_ROOT).as_posix()
+            if "__pycache__" not in relative:
+                assert not _dockerignored(relative, patterns), relative
+    for outside in ("tests/helm/test_helm_chart.py", "helm/comfyui-grpc/Chart.yaml", ".git/HEAD"):
+        assert _dockerignored(outside, patterns), outside
+    assert _dockerignored("server/comfyui_grpc/__pycache__/x.cpython-311.pyc", patterns)

@@ -1,0 +1,113 @@
+"""Fixtures for the storage tests: a real moto S3 server process, a fault proxy, stores."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import pytest
+from aiobotocore.config import AioConfig
+from comfyui_grpc.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from storage_helpers import ACCESS_KEY, SECRET_KEY, FaultProxy, LogTrigger, free_port, s3_settings
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server in its own process, answering on loopback."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start listening") from None
+                time.sleep(0.05)  # readiness polling of a separate process
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def raw_s3(moto_endpoint: str) -> AsyncIterator[Any]:
+    """A plain S3 client straight to moto, for looking behind the store's back."""
+    session = aioboto3.Session(
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1"
+    )
+    config = AioConfig(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    async with session.client("s3", endpoint_url=moto_endpoint, config=config) as client:
+        yield client
+
+
+@pytest.fixture(params=["s3", "local"])
+async def store(
+    request: pytest.FixtureRequest, moto_endpoint: str, tmp_path: Path
+) -> AsyncIterator[ArtifactStore]:
+    """Each implementation in turn, started, with prefix ``outputs``."""
+    built: ArtifactStore
+    if request.param == "s3":
+        built = S3ArtifactStore(s3_settings(moto_endpoint))
+    else:
+        built = LocalArtifactStore(tmp_path / "artifacts", prefix="outputs")
+    await built.start()
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest.fixture
+async def proxy(moto_endpoint: str) -> AsyncIterator[FaultProxy]:
+    upstream_port = int(moto_endpoint.rsplit(":", 1)[1])
+    fault_proxy = FaultProxy(upstream_port)
+    await fault_proxy.start()
+    try:
+        yield fault_proxy
+    finally:
+        await fault_proxy.close()
+
+
+@pytest.fixture
+def log_trigger() -> Iterator[Callable[..., LogTrigger]]:
+    logger = logging.getLogger("comfyui_grpc.storage")
+    installed: list[LogTrigger] = []
+
+    def install(needle: str, action: Callable[[], None], times: int = 1) -> LogTrigger:
+        trigger = LogTrigger(needle, action, times)
+        logger.addHandler(trigger)
+        installed.append(trigger)
+        return trigger
+
+    yield install
+    for trigger in installed:
+        logger.removeHandler(trigger)
