@@ -18,11 +18,12 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.servicer import GenerationServicer
 from .backends import Backend, BackendPool
+from .backends.discovery import Discovery, Resolver, resolve_all
 from .config import Settings
 from .inputs import InputUploader
 from .jobs.service import JobService, JobServiceSettings
 from .observability.health import HealthMonitor
-from .observability.interceptors import MetricsInterceptor, TokenAuthInterceptor
+from .observability.interceptors import DrainGate, MetricsInterceptor, TokenAuthInterceptor
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
 from .state import open_job_store
@@ -58,7 +59,13 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, store: ArtifactStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ArtifactStore | None = None,
+        resolver: Resolver = resolve_all,
+    ) -> None:
         self.settings = settings
         self.store = store or make_store(settings.storage)
         self.pool = BackendPool()
@@ -73,6 +80,16 @@ class Gateway:
                 reconcile_interval_seconds=settings.reconcile_interval_seconds,
             ),
         )
+        self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds
+        self.discovery: Discovery | None = None
+        if settings.comfyui_dns_discovery:
+            self.discovery = Discovery(
+                settings.comfyui_urls,
+                add=self._add_backend,
+                remove=self._remove_backend,
+                resolver=resolver,
+                interval_seconds=settings.dns_refresh_seconds,
+            )
         self.health = health.aio.HealthServicer()
         self.monitor = HealthMonitor(self.health, self.pool, self.store, SERVICE_NAME)
         self.metrics.watch(
@@ -81,6 +98,7 @@ class Gateway:
                 (b.url, b.healthy, len(b.outstanding), b.socket.reconnects) for b in self.pool
             ),
         )
+        self.gate = DrainGate((health.SERVICE_NAME, reflection.SERVICE_NAME))
         self.metrics_server: MetricsServer | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -123,15 +141,29 @@ class Gateway:
             await self.stop(grace=0)
             raise
 
+    async def _remove_backend(self, url: str) -> None:
+        backend = self.pool.remove(url)
+        if backend is not None:
+            self.service.tracker.backend_lost(backend, "left DNS")
+            await backend.close()
+            self.monitor.nudge()
+
     async def _start(self) -> None:
         credentials = server_credentials(self.settings)
         tokens = read_tokens(self.settings)
         await self.store.start()
-        for url in self.settings.comfyui_urls:
-            self._add_backend(url)
+        if self.discovery is not None:
+            await self.discovery.refresh()
+            self._tasks.spawn(self.discovery.run(), "backend discovery")
+        else:
+            for url in self.settings.comfyui_urls:
+                self._add_backend(url)
         await self.service.start()
 
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics),
+            self.gate,
+        ]
         if tokens:
             interceptors.append(
                 TokenAuthInterceptor(tokens, (health.SERVICE_NAME, reflection.SERVICE_NAME))
@@ -186,11 +218,15 @@ class Gateway:
             return
         self._stopped = True
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self._tasks.close()
         await self.health.enter_graceful_shutdown()
+        self.gate.close()
+        await self.gate.wait_idle(grace)
+        await self.service.tasks.wait(max(0.0, deadline - loop.time()))
         if self.server is not None:
-            await self.server.stop(grace)
-        await self.service.tasks.wait(grace)
+            await self.server.stop(max(0.0, min(1.0, deadline - loop.time())))
         await self.service.close()
         for backend in self.pool:
             await backend.close()

@@ -30,6 +30,10 @@ class Settings:
     """ComfyUI base URLs, one per backend."""
     comfyui_dns_discovery: bool = False
     """Re-resolve each URL's host name to all its addresses (a headless Service)."""
+    dns_refresh_seconds: float = 10.0
+    """How often discovered host names are resolved again."""
+    backend_lost_after_seconds: float = 15.0
+    """A backend unreachable this long loses its jobs: waiting ones move elsewhere."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
     """Prometheus ``/metrics`` port; -1 turns the endpoint off, 0 picks a free port."""
@@ -134,7 +138,27 @@ OPTIONS: tuple[Option, ...] = (
         _flag,
         "re-resolve ComfyUI host names to every address, e.g. a headless Service (default false)",
     ),
-    Option("--metrics-host", "COMFYUI_GRPC_METRICS_HOST", "metrics_host", str, "default 0.0.0.0"),
+    Option(
+        "--dns-refresh-interval",
+        "COMFYUI_GRPC_DNS_REFRESH_SECONDS",
+        "dns_refresh_seconds",
+        float,
+        "seconds between DNS look-ups with discovery on (default 10)",
+    ),
+    Option(
+        "--backend-lost-after",
+        "COMFYUI_GRPC_BACKEND_LOST_AFTER_SECONDS",
+        "backend_lost_after_seconds",
+        float,
+        "seconds a backend may be unreachable before its waiting jobs move (default 15)",
+    ),
+    Option(
+        "--metrics-host",
+        "COMFYUI_GRPC_METRICS_HOST",
+        "metrics_host",
+        str,
+        "address /metrics binds (default 0.0.0.0)",
+    ),
     Option(
         "--metrics-port",
         "COMFYUI_GRPC_METRICS_PORT",
@@ -214,7 +238,13 @@ OPTIONS: tuple[Option, ...] = (
         _log_format,
         "text or json (default text)",
     ),
-    Option("--log-level", "COMFYUI_GRPC_LOG_LEVEL", "log_level", str.upper, "default INFO"),
+    Option(
+        "--log-level",
+        "COMFYUI_GRPC_LOG_LEVEL",
+        "log_level",
+        str.upper,
+        "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    ),
 )
 
 

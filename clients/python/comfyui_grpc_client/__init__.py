@@ -1,1 +1,104 @@
-"""Python SDK for the comfyui-grpc gateway."""
+"""Python SDK for the comfyui-grpc gateway.
+
+    from comfyui_grpc_client import Client
+
+    with Client("localhost:50051") as client:
+        result = client.generate_image("a lighthouse at dusk", on_progress=print)
+        result.download_all("out")
+
+:class:`AsyncClient` is the asyncio twin. Only grpcio, protobuf and the
+generated stubs are needed: none of the server's dependencies.
+"""
+
+from .client import (
+    AsyncClient,
+    GenerationResult,
+    JobHandle,
+    JobPage,
+    ProgressCallback,
+    RetryPolicy,
+    new_request_id,
+)
+from .credentials import DEFAULT_TARGET, ConnectionConfig, TLSConfig
+from .errors import (
+    CallCancelledError,
+    ChecksumMismatchError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    GenerationError,
+    InternalError,
+    InvalidArgumentError,
+    JobCancelledError,
+    JobFailedError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RpcError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from .models import (
+    Artifact,
+    Job,
+    JobError,
+    JobKind,
+    JobProgress,
+    JobState,
+    Priority,
+    Submission,
+    UploadedInput,
+    VideoFormat,
+)
+from .progress import EventKind, ProgressUpdate
+from .requests import image_request, video_request, workflow_request
+from .sync import Client, SyncGenerationResult, SyncJobHandle
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Artifact",
+    "AsyncClient",
+    "CallCancelledError",
+    "ChecksumMismatchError",
+    "Client",
+    "ConnectionConfig",
+    "DeadlineExceededError",
+    "EventKind",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "GenerationError",
+    "GenerationResult",
+    "InternalError",
+    "InvalidArgumentError",
+    "Job",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobHandle",
+    "JobKind",
+    "JobPage",
+    "JobProgress",
+    "JobState",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Priority",
+    "ProgressCallback",
+    "ProgressUpdate",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "RpcError",
+    "Submission",
+    "SyncGenerationResult",
+    "SyncJobHandle",
+    "TLSConfig",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UploadedInput",
+    "VideoFormat",
+    "from_rpc_error",
+    "image_request",
+    "new_request_id",
+    "video_request",
+    "workflow_request",
+]

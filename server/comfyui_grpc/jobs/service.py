@@ -117,6 +117,7 @@ class JobService:
         )
 
     async def close(self) -> None:
+        await self.tracker.background.close()
         await self.tasks.close()
         await self.job_store.close()
 
@@ -160,9 +161,6 @@ class JobService:
         self.registry.add(job)
         self.job_store.track(job)
         try:
-            # Recorded before ComfyUI sees it: after a crash, a recorded job that
-            # ComfyUI does not know was never submitted and is safe to submit.
-            await self.job_store.save_now(job)
             await self._dispatch(job, exclude=frozenset())
         except GatewayError as exc:
             self.registry.discard(job)
@@ -185,6 +183,10 @@ class JobService:
             job.backend = backend.url
             backend.outstanding.add(job.job_id)
             job.attempts += 1
+            # Recorded, with its backend, before ComfyUI sees it: after a crash,
+            # a recorded job that its backend does not know was never submitted
+            # and is safe to submit.
+            await self.job_store.save_now(job)
             try:
                 result = await backend.client.submit(
                     dict(job.spec.workflow),

@@ -58,10 +58,15 @@ class JobTracker:
         self._resubmit = resubmit
         self._interval = reconcile_interval_seconds
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loss_timers: dict[str, asyncio.Task[None]] = {}
+        # Loops and timers that never end by themselves, kept apart from the
+        # per-job work a graceful shutdown waits for.
+        self.background = TaskSet("job tracker")
+        self.backend_lost_after_seconds = 15.0
         self._last_interrupt: dict[str, float] = {}
 
     def start(self) -> None:
-        self.tasks.spawn(self._reconcile_forever(), "reconcile loop")
+        self.background.spawn(self._reconcile_forever(), "reconcile loop")
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -244,6 +249,9 @@ class JobTracker:
     # -- reconciliation -----------------------------------------------------------
 
     async def on_connect(self, backend: Backend, first: bool) -> None:
+        timer = self._loss_timers.pop(backend.url, None)
+        if timer is not None:
+            timer.cancel()
         # Messages sent while we had no socket are gone; after a gateway
         # restart the jobs it adopted are unknown too. Ask ComfyUI.
         if backend.outstanding:
@@ -256,7 +264,42 @@ class JobTracker:
             log.info("reconcile with %s failed: %s", backend.url, exc)
 
     def on_disconnect(self, backend: Backend) -> None:
-        pass
+        """Give the backend a grace period to come back, then move its jobs."""
+        if backend.url not in self._loss_timers and not self.background.closed:
+            self._loss_timers[backend.url] = self.background.spawn(
+                self._lose_later(backend), f"backend loss timer {backend.url}"
+            )
+
+    async def _lose_later(self, backend: Backend) -> None:
+        try:
+            await asyncio.sleep(self.backend_lost_after_seconds)
+        finally:
+            if self._loss_timers.get(backend.url) is asyncio.current_task():
+                del self._loss_timers[backend.url]
+        if not backend.healthy:
+            self.backend_lost(backend, "stayed unreachable")
+
+    def backend_lost(self, backend: Backend, why: str) -> None:
+        """Move a lost backend's waiting jobs elsewhere; fail (or retry) its running ones."""
+        for job_id in list(backend.outstanding):
+            job = self.registry.get(job_id)
+            if job is None or job.terminal or job.collecting or job.backend != backend.url:
+                continue
+            backend.outstanding.discard(job_id)
+            if job.cancel_requested:
+                self._finish_cancelled(job)
+            elif job.state is JobState.QUEUED or job.spec.retry_on_backend_loss:
+                log.warning(
+                    "moving job off lost backend %s",
+                    backend.url,
+                    extra={"job_id": job.job_id, "backend": backend.url},
+                )
+                job.requeued()
+                self.tasks.spawn(self._resubmit(job, backend.url), f"resubmit {job.job_id}")
+            else:
+                self.fail_lost(
+                    job, f"ComfyUI at {backend.url} {why} while running the job; submit it again"
+                )
 
     async def _reconcile_forever(self) -> None:
         while True:

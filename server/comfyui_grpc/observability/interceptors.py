@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..api.status import to_status
-from ..errors import Unauthenticated
+from ..errors import Unauthenticated, Unavailable
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -82,9 +83,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return timed
 
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
+        def stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(behaviour):
+                # A coroutine that writes with context.write (e.g. health Watch).
+                return unary(behaviour)
+
             async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 error: BaseException | None = None
@@ -138,24 +141,101 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        status = to_status(
-            Unauthenticated(
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
-                reason="BAD_TOKEN",
+        return _refusal(
+            handler,
+            to_status(
+                Unauthenticated(
+                    "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+                    reason="BAD_TOKEN",
+                )
+            ),
+        )
+
+
+def _refusal(handler: Handler, status: grpc.Status) -> Handler:
+    """A handler of the same shape that only aborts with ``status``."""
+
+    def unary(_: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def refuse(request: Any, context: Any) -> Any:
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return refuse
+
+    return _rewrap(handler, unary, unary)
+
+
+class DrainGate(grpc.aio.ServerInterceptor):
+    """Counts calls in flight; once closed, refuses new ones with UNAVAILABLE.
+
+    Graceful shutdown closes the gate, waits for the calls in flight (open
+    progress streams included) up to the grace period, then stops the server.
+    Health and reflection are neither counted nor refused: probes must keep
+    seeing NOT_SERVING while the gateway drains.
+    """
+
+    def __init__(self, exempt_services: Iterable[str]) -> None:
+        self._exempt = tuple(f"/{service}/" for service in exempt_services)
+        self.closed = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._status = to_status(
+            Unavailable(
+                "the gateway is shutting down; retry (another replica will answer)",
+                reason="SHUTTING_DOWN",
             )
         )
 
-        def unary(_: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def refuse(request: Any, context: Any) -> Any:
-                await context.abort(status.code, status.details, status.trailing_metadata)
+    def close(self) -> None:
+        self.closed = True
 
-            return refuse
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
-        def stream(_: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-            async def refuse(request: Any, context: Any) -> AsyncIterator[Any]:
-                await context.abort(status.code, status.details, status.trailing_metadata)
-                yield None  # pragma: no cover - abort raises
+    def _enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
 
-            return refuse
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self._exempt):
+            return handler
+        if self.closed:
+            return _refusal(handler, self._status)
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def counted(request: Any, context: Any) -> Any:
+                self._enter()
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    self._leave()
+
+            return counted
+
+        def stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(behaviour):
+                return unary(behaviour)
+
+            async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
+                self._enter()
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                finally:
+                    self._leave()
+
+            return counted
 
         return _rewrap(handler, unary, stream)

@@ -76,7 +76,9 @@ class LocalArtifactStore(ArtifactStore):
         size = 0
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
         try:
-            handle = await asyncio.to_thread(_open_for_write, tmp)
+            # Opened and closed on the loop: a thread could be abandoned by a
+            # cancellation and leak the handle.
+            handle = _open_for_write(tmp)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc}") from exc
         try:
@@ -87,7 +89,7 @@ class LocalArtifactStore(ArtifactStore):
                     await _write(handle, chunk, path)
                 await _finish(handle, path)
             finally:
-                await asyncio.to_thread(handle.close)
+                handle.close()
             stored = StoredObject(
                 key=key,
                 uri=path.as_uri(),

@@ -22,8 +22,14 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"S3 endpoint, e.g. http://rustfs:9000; unset means AWS [{s.ENV_ENDPOINT_URL}]",
     )
-    group.add_argument("--s3-region", metavar="REGION", help=f"[{s.ENV_REGION}, us-east-1]")
-    group.add_argument("--s3-bucket", metavar="BUCKET", help=f"[{s.ENV_BUCKET}]")
+    group.add_argument(
+        "--s3-region", metavar="REGION", help=f"region for signing [{s.ENV_REGION}, us-east-1]"
+    )
+    group.add_argument(
+        "--s3-bucket",
+        metavar="BUCKET",
+        help=f"bucket for artifacts; unset: the local directory [{s.ENV_BUCKET}]",
+    )
     group.add_argument(
         "--s3-prefix", metavar="PREFIX", help=f"key prefix for all objects [{s.ENV_PREFIX}]"
     )

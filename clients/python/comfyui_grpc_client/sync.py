@@ -1,0 +1,465 @@
+"""The blocking client, for scripts, notebooks and the CLI.
+
+It runs an :class:`~.client.AsyncClient` on a private event-loop thread, so
+retries, stream resumption and error mapping exist once. Progress callbacks
+and iterators run in the caller's thread, and Ctrl-C (KeyboardInterrupt)
+stops the call in flight before it reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from comfyui_grpc.v1 import generation_service_pb2 as pb
+
+from .client import (
+    DEFAULT_TIMEOUT,
+    AsyncClient,
+    JobPage,
+    RetryPolicy,
+    _Deadline,
+    _min,
+    raise_for_job,
+)
+from .credentials import ConnectionConfig, TLSConfig
+from .models import Artifact, Job, JobState, Priority, Submission, UploadedInput, VideoFormat
+from .progress import ProgressUpdate
+from .requests import image_request, video_request, workflow_request
+
+T = TypeVar("T")
+
+SyncProgressCallback = Callable[[ProgressUpdate], object]
+
+
+class _LoopThread:
+    """An event loop on a daemon thread that runs coroutines for the caller."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="comfyui-grpc-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        finished = threading.Event()
+
+        async def runner() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(runner(), self.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            # Cancel the coroutine and let it unwind (close its RPC) before the
+            # caller, e.g. the CLI's "cancel the job?" prompt, uses the client.
+            future.cancel()
+            finished.wait(5.0)
+            raise
+
+    def iterate(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
+        async def step() -> tuple[bool, T | None]:
+            try:
+                return True, await anext(agen)
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, item = self.run(step())
+                if not more:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            self.run(agen.aclose())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5.0)
+        self.loop.close()
+
+
+class SyncGenerationResult:
+    """A finished job plus the client that can fetch its outputs."""
+
+    def __init__(self, job: Job, client: Client, submission: Submission | None = None) -> None:
+        self.job = job
+        self.submission = submission
+        self._client = client
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return self.job.artifacts
+
+    def download(self, artifact: Artifact, dest: str | os.PathLike[str]) -> Path:
+        """Save one artifact (through ReadArtifact, sha256-verified)."""
+        return self._client.download(artifact, dest)
+
+    def download_all(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Save every artifact into ``directory``; returns the paths in order."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return [self._client.download(a, directory) for a in self.artifacts]
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncGenerationResult(job_id={self.job_id!r}, state={self.state.name}, "
+            f"artifacts={len(self.artifacts)})"
+        )
+
+
+class SyncJobHandle:
+    """A submitted job: iterate :meth:`updates`, then get :meth:`result`."""
+
+    def __init__(self, client: Client, submission: Submission) -> None:
+        self.client = client
+        self.submission = submission
+
+    @property
+    def job_id(self) -> str:
+        return self.submission.job_id
+
+    def updates(self, *, timeout: float | None = None) -> Iterator[ProgressUpdate]:
+        return self.client.watch(self.job_id, after_sequence=0, timeout=timeout)
+
+    def result(
+        self, *, timeout: float | None = None, presign_ttl: float | None = None
+    ) -> SyncGenerationResult:
+        job = self.client.wait(self.job_id, timeout=timeout, presign_ttl=presign_ttl)
+        return SyncGenerationResult(raise_for_job(job), self.client, self.submission)
+
+    def cancel(self) -> Job:
+        return self.client.cancel(self.job_id)
+
+
+class Client:
+    """Blocking client with the same options and methods as :class:`AsyncClient`."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls: TLSConfig | bool | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        metadata: Iterable[tuple[str, str]] = (),
+        options: Iterable[tuple[str, Any]] = (),
+        config: ConnectionConfig | None = None,
+    ) -> None:
+        self._loop = _LoopThread()
+        extra_metadata, extra_options = tuple(metadata), tuple(options)
+
+        async def make() -> AsyncClient:
+            return AsyncClient(
+                target,
+                tls=tls,
+                token=token,
+                timeout=timeout,
+                retry=retry,
+                metadata=extra_metadata,
+                options=extra_options,
+                config=config,
+            )
+
+        try:
+            self._async = self._loop.run(make())
+        except BaseException:
+            self._loop.close()
+            raise
+        self.config = self._async.config
+        self.timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.run(self._async.close())
+        self._loop.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        self._loop.run(self._async.wait_ready(timeout))
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(
+        self,
+        request: pb.GenerateRequest,
+        *,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        retry_on_backend_loss: bool | None = None,
+        timeout: float | None = None,
+    ) -> Submission:
+        """Send Generate (retried with the same request_id); see AsyncClient.submit."""
+        return self._loop.run(
+            self._async.submit(
+                request,
+                request_id=request_id,
+                labels=labels,
+                priority=priority,
+                retry_on_backend_loss=retry_on_backend_loss,
+                timeout=timeout,
+            )
+        )
+
+    def start(self, request: pb.GenerateRequest, **kwargs: Any) -> SyncJobHandle:
+        return SyncJobHandle(self, self.submit(request, **kwargs))
+
+    def generate(
+        self,
+        request: pb.GenerateRequest,
+        *,
+        on_progress: SyncProgressCallback | None = None,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        retry_on_backend_loss: bool | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> SyncGenerationResult:
+        """Submit, follow to the end (``on_progress`` runs in this thread), and
+        return the outputs; raises JobFailedError/JobCancelledError."""
+        deadline = _Deadline(timeout)
+        submission = self.submit(
+            request,
+            request_id=request_id,
+            labels=labels,
+            priority=priority,
+            retry_on_backend_loss=retry_on_backend_loss,
+            timeout=_min(deadline.remaining(), self.timeout),
+        )
+        for update in self.watch(submission.job_id, after_sequence=0, timeout=deadline.remaining()):
+            if on_progress is not None:
+                on_progress(update)
+        job = self.wait(submission.job_id, timeout=deadline.remaining(), presign_ttl=presign_ttl)
+        return SyncGenerationResult(raise_for_job(job), self, submission)
+
+    def generate_image(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        width: int = 0,
+        height: int = 0,
+        steps: int = 0,
+        cfg: float | None = None,
+        seed: int | None = None,
+        sampler: str = "",
+        scheduler: str = "",
+        checkpoint: str = "",
+        batch_size: int = 0,
+        on_progress: SyncProgressCallback | None = None,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> SyncGenerationResult:
+        """Text to image in one call (see :meth:`generate`); zero/None fields
+        take the server's defaults (1024x1024, 20 steps, random seed)."""
+        request = image_request(
+            prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            sampler=sampler,
+            scheduler=scheduler,
+            checkpoint=checkpoint,
+            batch_size=batch_size,
+        )
+        return self.generate(
+            request,
+            on_progress=on_progress,
+            request_id=request_id,
+            labels=labels,
+            priority=priority,
+            presign_ttl=presign_ttl,
+            timeout=timeout,
+        )
+
+    def generate_video(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        frames: int = 0,
+        fps: float | None = None,
+        width: int = 0,
+        height: int = 0,
+        steps: int = 0,
+        cfg: float | None = None,
+        seed: int | None = None,
+        format: VideoFormat | None = None,
+        motion_module: str = "",
+        checkpoint: str = "",
+        on_progress: SyncProgressCallback | None = None,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> SyncGenerationResult:
+        """Text to video (AnimateDiff) in one call (see :meth:`generate`);
+        defaults: 16 frames at 8 fps, 512x512, H.264 MP4."""
+        request = video_request(
+            prompt,
+            negative_prompt=negative_prompt,
+            frames=frames,
+            fps=fps,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            format=format,
+            motion_module=motion_module,
+            checkpoint=checkpoint,
+        )
+        return self.generate(
+            request,
+            on_progress=on_progress,
+            request_id=request_id,
+            labels=labels,
+            priority=priority,
+            presign_ttl=presign_ttl,
+            timeout=timeout,
+        )
+
+    def generate_workflow(
+        self, graph: Mapping[str, Any] | str, **kwargs: Any
+    ) -> SyncGenerationResult:
+        return self.generate(workflow_request(graph), **kwargs)
+
+    # -- following and managing --------------------------------------------------
+
+    def watch(
+        self,
+        job_id: str,
+        *,
+        after_sequence: int | None = None,
+        resume: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[ProgressUpdate]:
+        """Progress updates until the job's final event (see AsyncClient.watch)."""
+        return self._loop.iterate(
+            self._async.watch(job_id, after_sequence=after_sequence, resume=resume, timeout=timeout)
+        )
+
+    def get_result(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        return self._loop.run(
+            self._async.get_result(job_id, wait=wait, presign_ttl=presign_ttl, timeout=timeout)
+        )
+
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, presign_ttl: float | None = None
+    ) -> Job:
+        return self._loop.run(self._async.wait(job_id, timeout=timeout, presign_ttl=presign_ttl))
+
+    def result(
+        self, job_id: str, *, timeout: float | None = None, presign_ttl: float | None = None
+    ) -> SyncGenerationResult:
+        job = self.wait(job_id, timeout=timeout, presign_ttl=presign_ttl)
+        return SyncGenerationResult(raise_for_job(job), self)
+
+    def cancel(self, job_id: str, *, timeout: float | None = None) -> Job:
+        return self._loop.run(self._async.cancel(job_id, timeout=timeout))
+
+    def list_jobs(
+        self,
+        states: Iterable[JobState] = (),
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> JobPage:
+        return self._loop.run(
+            self._async.list_jobs(
+                tuple(states), page_size=page_size, page_token=page_token, timeout=timeout
+            )
+        )
+
+    def iter_jobs(
+        self, states: Iterable[JobState] = (), *, limit: int | None = None, page_size: int = 0
+    ) -> Iterator[Job]:
+        return self._loop.iterate(
+            self._async.iter_jobs(tuple(states), limit=limit, page_size=page_size)
+        )
+
+    # -- files -------------------------------------------------------------------
+
+    def upload_input(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        filename: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = False,
+        content_type: str = "",
+        timeout: float | None = None,
+    ) -> UploadedInput:
+        return self._loop.run(
+            self._async.upload_input(
+                source,
+                filename=filename,
+                subfolder=subfolder,
+                overwrite=overwrite,
+                content_type=content_type,
+                timeout=timeout,
+            )
+        )
+
+    def read_artifact(
+        self, job_id: str, artifact: str, *, chunk_size: int = 0, timeout: float | None = None
+    ) -> Iterator[bytes]:
+        return self._loop.iterate(
+            self._async.read_artifact(job_id, artifact, chunk_size=chunk_size, timeout=timeout)
+        )
+
+    def download(
+        self,
+        artifact: Artifact,
+        dest: str | os.PathLike[str],
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+    ) -> Path:
+        return self._loop.run(
+            self._async.download(artifact, dest, chunk_size=chunk_size, timeout=timeout)
+        )
+
+    def download_url(
+        self, artifact: Artifact, dest: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> Path:
+        return self._loop.run(self._async.download_url(artifact, dest, timeout=timeout))
