@@ -78,6 +78,7 @@ class Gateway:
             settings=JobServiceSettings(
                 max_queued_jobs=settings.max_queued_jobs,
                 reconcile_interval_seconds=settings.reconcile_interval_seconds,
+                max_finished_jobs=settings.max_finished_jobs,
             ),
         )
         self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds

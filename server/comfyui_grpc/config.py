@@ -50,6 +50,8 @@ class Settings:
     """SQLite file for durable job records; empty keeps jobs in memory only."""
     max_queued_jobs: int = 1000
     """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs."""
+    max_finished_jobs: int = 10_000
+    """Finished jobs kept in memory; older ones are answered from their manifest."""
     max_workflow_nodes: int = 2000
     """Raw workflows with more nodes are refused."""
     max_message_bytes: int = 16 * 1024 * 1024
@@ -202,6 +204,13 @@ OPTIONS: tuple[Option, ...] = (
         "max_queued_jobs",
         int,
         "waiting jobs allowed before Generate answers RESOURCE_EXHAUSTED (default 1000)",
+    ),
+    Option(
+        "--max-finished-jobs",
+        "COMFYUI_GRPC_MAX_FINISHED_JOBS",
+        "max_finished_jobs",
+        int,
+        "finished jobs kept in memory; older ones are read from their manifest (default 10000)",
     ),
     Option(
         "--max-workflow-nodes",

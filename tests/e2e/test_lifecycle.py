@@ -344,3 +344,44 @@ async def test_list_jobs_pages_running_then_queued_then_finished(
     )
     assert [j.job_id for j in only_queued.jobs] == [w.job_id for w in waiting]
     await stub.CancelJob(pb.CancelJobRequest(job_id=slow.job_id), timeout=15)
+
+
+async def test_result_of_an_evicted_job_comes_from_its_manifest(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    from conftest import gateway_settings
+
+    gw = Gateway(gateway_settings(tmp_path, simulator.url, max_finished_jobs=1))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            jobs = []
+            for seed in (1, 2):
+                response = await stub.Generate(
+                    small_image(seed=seed, labels={"run": str(seed)}), timeout=10
+                )
+                done = await stub.GetResult(
+                    pb.GetResultRequest(job_id=response.job_id, wait_timeout={"seconds": 30}),
+                    timeout=40,
+                )
+                jobs.append(done.job)
+            assert gw.service.registry.get(jobs[0].job_id) is None, "not evicted"
+            again = await stub.GetResult(pb.GetResultRequest(job_id=jobs[0].job_id), timeout=10)
+            assert again.job.state == job_pb2.JOB_STATE_SUCCEEDED
+            assert dict(again.job.labels) == {"run": "1"}
+            assert list(again.job.artifacts) == list(jobs[0].artifacts)
+            assert again.job.end_time.seconds == jobs[0].end_time.seconds
+            streamed = await collect(stub, jobs[0].job_id, after=0)
+            assert [event_kind(e) for e in streamed] == ["snapshot"]
+            chunks = [
+                part
+                async for part in stub.ReadArtifact(
+                    pb.ReadArtifactRequest(job_id=jobs[0].job_id, artifact=jobs[0].artifacts[0].key)
+                )
+            ]
+            data = b"".join(c.chunk for c in chunks[1:])
+            assert hashlib.sha256(data).hexdigest() == jobs[0].artifacts[0].sha256
+    finally:
+        await gw.stop(grace=0)

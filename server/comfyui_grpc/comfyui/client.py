@@ -72,7 +72,8 @@ class ComfyUIClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc!r}"
+                f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc!r}",
+                maybe_sent=not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
             ) from exc
         if response.status_code >= 500:
             raise ComfyUIUnavailable(

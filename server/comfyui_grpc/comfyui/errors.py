@@ -16,7 +16,15 @@ class ComfyUIError(Exception):
 
 
 class ComfyUIUnavailable(ComfyUIError):
-    """The backend did not answer usefully; retrying elsewhere or later may work."""
+    """The backend did not answer usefully; retrying elsewhere or later may work.
+
+    ``maybe_sent`` is False only when the request certainly never reached
+    ComfyUI (the connection was refused); otherwise it may have acted on it.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class ComfyUIValidationError(ComfyUIError):

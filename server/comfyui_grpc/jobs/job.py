@@ -237,7 +237,7 @@ class Job:
         self.failure = failure
         self.artifacts = artifacts
         self.outputs = outputs
-        self.log.restore(events)
+        self.log.restore(events, ended=state.terminal)
         for event in events:
             self._replay_progress(event.payload)
         self.submitted.set()

@@ -148,7 +148,7 @@ class EventLog:
             kept.append(event)
         self._events = kept
 
-    def restore(self, events: list[Event]) -> None:
+    def restore(self, events: list[Event], *, ended: bool = False) -> None:
         """Reload persisted events after a restart.
 
         Events written just before a crash may be missing from the store while a
@@ -157,7 +157,7 @@ class EventLog:
         """
         self._events = list(events)
         last = events[-1].sequence if events else 0
-        self._ended = bool(events) and events[-1].terminal
+        self._ended = ended or (bool(events) and events[-1].terminal)
         self._last_sequence = last if self._ended else last + RESTART_SEQUENCE_GAP
 
     def events_after(self, sequence: int) -> Iterator[Event]:

@@ -203,6 +203,11 @@ class JobService:
                     exc, job.spec.source_field, job.spec.field_map
                 ) from exc
             except ComfyUIUnavailable as exc:
+                if exc.maybe_sent and await self._landed(backend, job):
+                    # The answer was lost, not the prompt: ComfyUI has it.
+                    backend.socket.expect_traffic()
+                    self.tracker.submitted(job, backend)
+                    return
                 backend.outstanding.discard(job.job_id)
                 log.warning(
                     "submit to %s failed: %s", backend.url, exc, extra={"job_id": job.job_id}
@@ -217,6 +222,22 @@ class JobService:
             backend.socket.expect_traffic()
             self.tracker.submitted(job, backend)
             return
+
+    async def _landed(self, backend: Backend, job: Job) -> bool:
+        """Did a submission whose answer was lost reach ComfyUI?
+
+        When that cannot be told, assume it did: reconciliation resubmits a
+        waiting job ComfyUI turns out not to know, while submitting it
+        elsewhere now could run it twice.
+        """
+        try:
+            queue = await backend.client.queue()
+            if job.job_id in queue.present:
+                job.queue_number = float(queue.position(job.job_id))
+                return True
+            return await backend.client.history(job.job_id) is not None
+        except ComfyUIUnavailable:
+            return True
 
     async def _withdraw(self, backend: Backend, prompt_id: str) -> None:
         try:
