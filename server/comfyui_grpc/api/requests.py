@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from ..errors import FieldViolation, InvalidArgument
 from ..jobs.job import JobSpec
 from ..jobs.model import JobKind
+from ..storage import workflow_sha256
 from ..v1 import generation_service_pb2 as pb
 from ..workflows import (
     TEXT_TO_IMAGE_FIELDS,
@@ -18,7 +19,6 @@ from ..workflows import (
     TextToImageParams,
     VideoParams,
     parse_workflow_json,
-    sha256_of,
     text_to_image_graph,
     validate_graph,
     video_graph,
@@ -150,7 +150,7 @@ def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: in
     return JobSpec(
         kind=kind,
         workflow=graph,
-        workflow_sha256=sha256_of(graph),
+        workflow_sha256=workflow_sha256(graph),
         request_id=request.request_id,
         labels=dict(request.labels),
         front=request.priority == pb.PRIORITY_HIGH,

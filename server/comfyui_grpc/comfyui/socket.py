@@ -81,8 +81,11 @@ class ComfyUISocket:
                     compression=None,
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=5,
-                    ping_interval=15,
-                    ping_timeout=15,
+                    # ComfyUI sends no pings; ours detect a dead peer. The
+                    # timeout is generous: a needless reconnect risks the
+                    # "second socket with one client id" trap.
+                    ping_interval=20,
+                    ping_timeout=60,
                     close_timeout=2,
                     user_agent_header="comfyui-grpc",
                 ) as connection:

@@ -1,7 +1,7 @@
 """Workflows: raw API-format graphs checked and normalised, and the typed
 templates (text-to-image, AnimateDiff video) that build them."""
 
-from .graph import MAX_NODES, parse_workflow_json, sha256_of, validate_graph, whole_numbers_to_int
+from .graph import MAX_NODES, parse_workflow_json, validate_graph, whole_numbers_to_int
 from .templates import (
     TEXT_TO_IMAGE_FIELDS,
     VIDEO_FIELDS,
@@ -18,7 +18,6 @@ __all__ = [
     "TextToImageParams",
     "VideoParams",
     "parse_workflow_json",
-    "sha256_of",
     "text_to_image_graph",
     "validate_graph",
     "video_graph",

@@ -7,7 +7,6 @@ field violations, and ComfyUI gets a graph it can parse.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from typing import Any
@@ -153,9 +152,3 @@ def validate_graph(graph: dict[str, Any], field: str, *, max_nodes: int = MAX_NO
             f"{violations[0].description}",
             violations,
         )
-
-
-def sha256_of(graph: dict[str, Any]) -> str:
-    """A stable hash of a graph (keys sorted), recorded in the job's manifest."""
-    data = json.dumps(graph, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode()).hexdigest()

@@ -151,6 +151,27 @@ def check_video(p: VideoParams, field: str = "video") -> None:
     c.raise_if_any("video request")
 
 
+def _sampler(
+    *, model: str, positive: str, negative: str, latent: str, p: TextToImageParams | VideoParams
+) -> dict[str, Any]:
+    """A KSampler node reading the given nodes' first outputs."""
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": [model, 0],
+            "positive": [positive, 0],
+            "negative": [negative, 0],
+            "latent_image": [latent, 0],
+            "seed": _seed(p.seed),
+            "steps": p.steps,
+            "cfg": float(p.cfg),
+            "sampler_name": p.sampler,
+            "scheduler": p.scheduler,
+            "denoise": 1.0,
+        },
+    }
+
+
 def text_to_image_graph(job_id: str, p: TextToImageParams) -> dict[str, Any]:
     check_text_to_image(p)
     return {
@@ -164,21 +185,7 @@ def text_to_image_graph(job_id: str, p: TextToImageParams) -> dict[str, Any]:
             "class_type": "EmptyLatentImage",
             "inputs": {"width": p.width, "height": p.height, "batch_size": p.batch_size},
         },
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": _seed(p.seed),
-                "steps": p.steps,
-                "cfg": float(p.cfg),
-                "sampler_name": p.sampler,
-                "scheduler": p.scheduler,
-                "denoise": 1.0,
-            },
-        },
+        "5": _sampler(model="1", positive="2", negative="3", latent="4", p=p),
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {
             "class_type": "SaveImage",
@@ -219,21 +226,7 @@ def video_graph(job_id: str, p: VideoParams) -> dict[str, Any]:
             "class_type": "EmptyLatentImage",
             "inputs": {"width": p.width, "height": p.height, "batch_size": p.frames},
         },
-        "8": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["4", 0],
-                "positive": ["5", 0],
-                "negative": ["6", 0],
-                "latent_image": ["7", 0],
-                "seed": _seed(p.seed),
-                "steps": p.steps,
-                "cfg": float(p.cfg),
-                "sampler_name": p.sampler,
-                "scheduler": p.scheduler,
-                "denoise": 1.0,
-            },
-        },
+        "8": _sampler(model="4", positive="5", negative="6", latent="7", p=p),
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
         "10": {"class_type": "VHS_VideoCombine", "inputs": combine},
     }
