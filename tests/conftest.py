@@ -3,20 +3,15 @@ real loopback ports in the test's event loop."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from comfyui_grpc.app import Gateway
-from comfyui_grpc.config import Settings
 from comfyui_grpc.simulator import Simulator
-from comfyui_grpc.storage import StorageSettings
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
-
-STRICT = os.environ.get("COMFYUI_GRPC_TEST_STRICT") == "1"
+from testkit import gateway_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,17 +27,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def require_tool(name: str) -> str:
-    """Path of an external tool; skips locally but fails in CI when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed"
-        if STRICT:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture
 async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
     sim = Simulator(output_dir=tmp_path / "comfyui", step_seconds=0.01)
@@ -51,20 +35,6 @@ async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
         yield sim
     finally:
         await sim.stop()
-
-
-def gateway_settings(tmp_path: Path, *urls: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "comfyui_urls": urls,
-        "storage": StorageSettings(local_dir=tmp_path / "artifacts"),
-        "reconcile_interval_seconds": 0.5,
-        "shutdown_grace_seconds": 2.0,
-        "metrics_port": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture

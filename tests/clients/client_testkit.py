@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 try:  # pytest imports tests/conftest.py as `conftest` while tests/ is no package
-    from conftest import require_tool
+    from testkit import require_tool
 except ImportError:  # pragma: no cover - tests/ became a package
     from tests.conftest import require_tool
 

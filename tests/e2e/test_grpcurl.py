@@ -7,7 +7,7 @@ import json
 
 import pytest
 from comfyui_grpc.app import Gateway
-from conftest import require_tool
+from testkit import require_tool
 
 SERVICE = "comfyui_grpc.v1.GenerationService"
 

@@ -349,7 +349,7 @@ async def test_list_jobs_pages_running_then_queued_then_finished(
 async def test_result_of_an_evicted_job_comes_from_its_manifest(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    from conftest import gateway_settings
+    from testkit import gateway_settings
 
     gw = Gateway(gateway_settings(tmp_path, simulator.url, max_finished_jobs=1))
     await gw.start()

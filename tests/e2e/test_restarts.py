@@ -3,10 +3,8 @@ drained with SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,88 +13,9 @@ from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
+from support.gateway_process import GatewayProcess
 
 from .helpers import collect, event_kind, slow_workflow, workflow_request
-
-LISTENING = re.compile(r"gRPC server listening on \S+ \(port (\d+)")
-
-
-class GatewayProcess:
-    """``python -m comfyui_grpc serve`` with its log captured."""
-
-    def __init__(self, comfyui_url: str, root: Path) -> None:
-        self.argv = [
-            sys.executable,
-            "-m",
-            "comfyui_grpc",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--comfyui-url",
-            comfyui_url,
-            "--state-path",
-            str(root / "state.db"),
-            "--artifact-dir",
-            str(root / "artifacts"),
-            "--reconcile-interval",
-            "0.5",
-            "--shutdown-grace",
-            "20",
-        ]
-        self.process: asyncio.subprocess.Process | None = None
-        self.lines: list[str] = []
-        self.port = 0
-        self._reader: asyncio.Task[None] | None = None
-        self._seen = asyncio.Condition()
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        self._reader = asyncio.create_task(self._read())
-        match = await self.wait_for(LISTENING)
-        self.port = int(match.group(1))
-
-    async def _read(self) -> None:
-        assert self.process is not None
-        assert self.process.stderr is not None
-        async for raw in self.process.stderr:
-            async with self._seen:
-                self.lines.append(raw.decode(errors="replace"))
-                self._seen.notify_all()
-
-    async def wait_for(self, pattern: re.Pattern[str], timeout: float = 20.0) -> re.Match[str]:
-        async def find() -> re.Match[str]:
-            async with self._seen:
-                while True:
-                    for line in self.lines:
-                        if found := pattern.search(line):
-                            return found
-                    if self._reader is not None and self._reader.done():
-                        raise AssertionError("gateway exited:\n" + "".join(self.lines))
-                    await self._seen.wait()
-
-        return await asyncio.wait_for(find(), timeout)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    async def wait(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        if self._reader is not None:
-            await self._reader
-        return code
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.wait()
 
 
 async def _wait_running(stub: pb_grpc.GenerationServiceStub, job_id: str) -> int:
