@@ -58,7 +58,12 @@ class ArtifactCollector:
                     raise ComfyUIUnavailable(
                         f"could not download {output.filename!r} from ComfyUI: {exc}"
                     ) from exc
-                log.warning("download of %s failed (%s); retrying", output.filename, exc)
+                log.warning(
+                    "download of %s failed (%s); retrying",
+                    output.filename,
+                    exc,
+                    extra=job.log_context,
+                )
                 await asyncio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

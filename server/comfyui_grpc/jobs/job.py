@@ -71,6 +71,11 @@ class Job:
     # -- views ---------------------------------------------------------------
 
     @property
+    def log_context(self) -> dict[str, str]:
+        """``extra=`` for log lines about this job (JSON logs show them as fields)."""
+        return {"job_id": self.job_id, "backend": self.backend}
+
+    @property
     def terminal(self) -> bool:
         return self.state.terminal
 

@@ -86,7 +86,7 @@ async def write_manifest_quietly(store: ArtifactStore, job: Job) -> None:
     try:
         await write_manifest(store, job)
     except StorageError as exc:
-        log.warning("could not store the manifest: %s", exc, extra={"job_id": job.job_id})
+        log.warning("could not store the manifest: %s", exc, extra=job.log_context)
 
 
 def job_from_manifest(manifest: Manifest) -> Job:

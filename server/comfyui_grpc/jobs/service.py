@@ -113,7 +113,7 @@ class JobService:
         log.info(
             "resuming job after restart (%s)",
             job.state.value,
-            extra={"job_id": job.job_id, "backend": backend.url},
+            extra=job.log_context,
         )
 
     async def close(self) -> None:
@@ -209,9 +209,7 @@ class JobService:
                     self.tracker.submitted(job, backend)
                     return
                 backend.outstanding.discard(job.job_id)
-                log.warning(
-                    "submit to %s failed: %s", backend.url, exc, extra={"job_id": job.job_id}
-                )
+                log.warning("submit to %s failed: %s", backend.url, exc, extra=job.log_context)
                 if len(self.pool.healthy) <= len(tried & {b.url for b in self.pool.healthy}):
                     raise Unavailable(
                         f"no ComfyUI backend accepted the job; retry shortly ({exc})",
@@ -219,6 +217,7 @@ class JobService:
                     ) from exc
                 continue
             job.queue_number = result.number
+            log.info("submitted to ComfyUI", extra=job.log_context)
             backend.socket.expect_traffic()
             self.tracker.submitted(job, backend)
             return

@@ -94,6 +94,12 @@ class JobTracker:
             job.queued(position, backend.url)
 
     def _ended(self, job: Job) -> None:
+        log.info(
+            "job %s%s",
+            job.state.value,
+            f": {job.failure.reason}: {job.failure.message}" if job.failure else "",
+            extra=job.log_context,
+        )
         self.metrics.job_finished(job.state)
         if job.start_time is not None:
             self.metrics.queue_wait.observe(max(0.0, job.start_time - job.create_time))
@@ -292,7 +298,7 @@ class JobTracker:
                 log.warning(
                     "moving job off lost backend %s",
                     backend.url,
-                    extra={"job_id": job.job_id, "backend": backend.url},
+                    extra=job.log_context,
                 )
                 job.requeued()
                 self.tasks.spawn(self._resubmit(job, backend.url), f"resubmit {job.job_id}")
