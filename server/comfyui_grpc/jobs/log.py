@@ -137,6 +137,10 @@ class EventLog:
             self._ended = True
             for sub in list(self._subscribers):
                 sub.close()
+            # Finished jobs are kept by the thousand; their serialised events
+            # are rebuilt on demand for the rare late reader.
+            for old in self._events:
+                old.wire = None
 
     def _compact(self) -> None:
         keep = len(self._events) - self._max_events // 2
