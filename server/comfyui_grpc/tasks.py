@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+async def within(awaitable: Awaitable[object], timeout: float | None) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds; False if it timed out.
+
+    Built on ``asyncio.timeout``: unlike ``wait_for`` on Python 3.11, it never
+    swallows a cancellation that lands as the awaited thing completes, so
+    loops using it always stop when cancelled.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
 
 
 class TaskSet:

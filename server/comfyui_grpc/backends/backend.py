@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from ..comfyui.client import ComfyUIClient
 from ..comfyui.messages import Message
 from ..comfyui.socket import ComfyUISocket
+from ..tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,7 @@ class Backend:
             self._task = asyncio.create_task(self.socket.run(), name=f"comfyui-socket {self.url}")
 
     async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.socket.connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await within(self.socket.connected.wait(), timeout)
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -117,7 +117,9 @@ class ComfyUISocket:
             if self._expect_deadline is not None:
                 timeout = max(0.0, self._expect_deadline - loop.time())
             try:
-                frame = await asyncio.wait_for(connection.recv(), timeout)
+                # asyncio.timeout, not wait_for: a cancel must always stop this loop.
+                async with asyncio.timeout(timeout):
+                    frame = await connection.recv()
             except TimeoutError:
                 log.warning("ComfyUI socket %s went silent; reconnecting", self.url)
                 return

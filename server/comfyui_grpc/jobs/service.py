@@ -7,7 +7,6 @@ afterwards reaches the jobs through :class:`~.tracker.JobTracker`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from ..errors import (
 from ..observability.metrics import Metrics
 from ..state import JobStore, NullJobStore
 from ..storage import ArtifactStore, ObjectNotFound, StorageError
-from ..tasks import TaskSet
+from ..tasks import TaskSet, within
 from .collector import ArtifactCollector
 from .job import Job, JobSpec
 from .manifest import load_job
@@ -297,8 +296,7 @@ class JobService:
 
     async def wait(self, job: Job, timeout: float) -> Job:
         if not job.terminal and timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.wait_terminal(), timeout)
+            await within(job.wait_terminal(), timeout)
         return job
 
     # -- cancel ----------------------------------------------------------------------

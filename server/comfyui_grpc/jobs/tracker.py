@@ -21,7 +21,7 @@ from ..comfyui import messages as m
 from ..comfyui.errors import ComfyUIUnavailable
 from ..comfyui.outputs import files_of, history_outcome, history_outputs
 from ..observability.metrics import Metrics
-from ..tasks import TaskSet
+from ..tasks import TaskSet, within
 from .collector import ArtifactCollector
 from .job import Job
 from .manifest import write_manifest_quietly
@@ -115,6 +115,8 @@ class JobTracker:
         self.registry.finished(job)
 
     def _finish_failed(self, job: Job, failure: JobFailure) -> None:
+        if job.terminal:
+            return
         job.failed(failure)
         self._ended(job)
         self.tasks.spawn(
@@ -122,6 +124,8 @@ class JobTracker:
         )
 
     def _finish_cancelled(self, job: Job) -> None:
+        if job.terminal:
+            return
         job.cancelled()
         self._ended(job)
         self.tasks.spawn(
@@ -146,8 +150,9 @@ class JobTracker:
             case m.ExecutionCached(nodes=nodes):
                 job.nodes_cached(nodes)
             case m.Executing(node=None):
-                if job.state is JobState.RUNNING:
-                    self._collect(job, backend)
+                # ComfyUI's last message for a prompt, sent after its history
+                # entry is written: the outcome can be read now.
+                self._collect(job, backend)
             case m.Executing(node=str(node)):
                 job.node_started(node)
             case m.Progress(node=node, value=value, max=maximum):
@@ -158,8 +163,6 @@ class JobTracker:
                         job.node_finished(node_id)
             case m.Executed(node=node, output=output):
                 job.output_reported(node, files_of(node, output))
-            case m.ExecutionSuccess():
-                self._collect(job, backend)
             case m.ExecutionError() as error:
                 self._finish_failed(
                     job,
@@ -209,8 +212,7 @@ class JobTracker:
     async def _collect_outputs(self, job: Job, backend: Backend) -> None:
         entry = None
         delay = 0.05
-        # ComfyUI writes history right after execution_success; give it a moment.
-        for _ in range(8):
+        for _ in range(4):
             try:
                 entry = await backend.client.history(job.job_id)
             except ComfyUIUnavailable:
@@ -373,14 +375,9 @@ class JobTracker:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            try:
-                await asyncio.wait_for(job.wait_terminal(), min(CANCEL_RESEND_SECONDS, remaining))
-            except TimeoutError:
+            if not await within(job.wait_terminal(), min(CANCEL_RESEND_SECONDS, remaining)):
                 await self.reconcile(backend)
         if not job.terminal and job.state is JobState.UPLOADING:
             remaining = deadline - loop.time()
             if remaining > 0:
-                try:
-                    await asyncio.wait_for(job.wait_terminal(), remaining)
-                except TimeoutError:
-                    return
+                await within(job.wait_terminal(), remaining)

@@ -9,13 +9,13 @@ ComfyUI outage never restarts the gateway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from grpc_health.v1 import health, health_pb2
 
 from ..backends import BackendPool
 from ..storage import ArtifactStore, StorageError
+from ..tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -69,5 +69,4 @@ class HealthMonitor:
         while True:
             await self.check_once()
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.interval)
+            await within(self._changed.wait(), self.interval)

@@ -17,6 +17,7 @@ import grpc
 
 from ..api.status import to_status
 from ..errors import Unauthenticated, Unavailable
+from ..tasks import within
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -190,11 +191,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.closed = True
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await within(self._idle.wait(), timeout)
 
     def _enter(self) -> None:
         self.inflight += 1

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..jobs import events as ev
 from ..jobs.job import Job
 from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to_json
+from ..tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,7 @@ class SqliteJobStore(JobStore):
 
     async def _flush_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
+            await within(self._wakeup.wait(), self.flush_interval)
             self._wakeup.clear()
             try:
                 await self.flush()
