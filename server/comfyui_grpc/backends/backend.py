@@ -40,6 +40,9 @@ class Backend:
         self.client_id = client_id or f"comfyui-grpc-{uuid.uuid4().hex}"
         self.client = ComfyUIClient(self.url)
         self.outstanding: set[str] = set()
+        # Jobs waiting in this backend's queue; may hold stale ids until the
+        # next position update prunes them.
+        self.waiting: set[str] = set()
         self._on_disconnect_cb = on_disconnect
         self.socket = ComfyUISocket(
             self.url,

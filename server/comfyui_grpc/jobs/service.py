@@ -109,6 +109,8 @@ class JobService:
             )
             return
         backend.outstanding.add(job.job_id)
+        if job.state is JobState.QUEUED:
+            backend.waiting.add(job.job_id)
         log.info(
             "resuming job after restart (%s)",
             job.state.value,

@@ -79,16 +79,24 @@ class JobTracker:
         return job
 
     def submitted(self, job: Job, backend: Backend) -> None:
-        self._update_positions(backend, extra=job)
+        if job.state is not JobState.QUEUED:
+            return  # ComfyUI's messages about it came before its answer
+        backend.waiting.add(job.job_id)
+        if job.spec.front:
+            self._update_positions(backend)
+        else:
+            # ComfyUI numbers jobs in order: a normal one joins the back.
+            job.queued(len(backend.waiting), backend.url)
 
-    def _update_positions(self, backend: Backend, extra: Job | None = None) -> None:
-        waiting = [
-            j
-            for j in (self.registry.get(pid) for pid in backend.outstanding)
-            if j is not None and j.state is JobState.QUEUED and j.submitted.is_set()
-        ]
-        if extra is not None and extra not in waiting and extra.state is JobState.QUEUED:
-            waiting.append(extra)
+    def _update_positions(self, backend: Backend) -> None:
+        """Renumber the jobs waiting on ``backend`` (after one left the queue)."""
+        waiting = []
+        for job_id in list(backend.waiting):
+            job = self.registry.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or job.backend != backend.url:
+                backend.waiting.discard(job_id)
+            else:
+                waiting.append(job)
         waiting.sort(key=lambda j: j.queue_number)
         for position, job in enumerate(waiting, start=1):
             job.queued(position, backend.url)
