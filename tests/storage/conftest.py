@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,42 +11,19 @@ import aioboto3
 import pytest
 from aiobotocore.config import AioConfig
 from comfyui_grpc.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
-from storage_helpers import ACCESS_KEY, SECRET_KEY, FaultProxy, LogTrigger, free_port, s3_settings
+from storage_helpers import ACCESS_KEY, SECRET_KEY, FaultProxy, LogTrigger, s3_settings
+from support.s3 import MotoServer
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server in its own process, answering on loopback."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited: {log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start listening") from None
-                time.sleep(0.05)  # readiness polling of a separate process
-        yield f"http://127.0.0.1:{port}"
+        yield server.endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture
