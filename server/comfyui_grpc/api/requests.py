@@ -130,7 +130,13 @@ def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: in
             field_map = VIDEO_FIELDS
         case "workflow":
             kind = JobKind.WORKFLOW
-            graph = whole_numbers_to_int(json_format.MessageToDict(request.workflow))
+            try:
+                graph = whole_numbers_to_int(json_format.MessageToDict(request.workflow))
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"workflow holds a value JSON cannot express: {exc}",
+                    [FieldViolation("workflow", "numbers must be finite (no NaN or Infinity)")],
+                ) from exc
             validate_graph(graph, "workflow", max_nodes=max_nodes)
         case "workflow_json":
             kind = JobKind.WORKFLOW

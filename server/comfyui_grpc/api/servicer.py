@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 
 from ..errors import FieldViolation, GatewayError, InvalidArgument, NotFound
 from ..inputs import InputUploader
@@ -83,6 +84,11 @@ def _guarded_stream(
             await _abort(context, internal_status(exc, method.__name__))
 
     return wrapper
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    """A Duration in seconds; unlike ToTimedelta, never overflows."""
+    return duration.seconds + duration.nanos / 1e9
 
 
 def _time_left(context: Ctx, wanted: float) -> float:
@@ -186,7 +192,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     @_guarded
     async def GetResult(self, request: pb.GetResultRequest, context: Ctx) -> pb.GetResultResponse:
         job = await self.service.find(request.job_id)
-        wait = request.wait_timeout.ToTimedelta().total_seconds()
+        wait = _seconds(request.wait_timeout)
         if wait < 0:
             raise InvalidArgument(
                 "wait_timeout must not be negative",
@@ -194,7 +200,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             )
         await self.service.wait(job, _time_left(context, wait))
         message = convert.job(job)
-        ttl = int(request.presign_ttl.ToTimedelta().total_seconds())
+        ttl = int(_seconds(request.presign_ttl))
         if ttl:
             if not 0 < ttl <= MAX_PRESIGN_SECONDS:
                 raise InvalidArgument(

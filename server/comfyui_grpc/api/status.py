@@ -70,7 +70,9 @@ def to_status(error: GatewayError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=rpc_code, message=error.message[:4000], details=details)
+    # Messages may quote caller input; keep them valid UTF-8 whatever it was.
+    message = error.message[:4000].encode("utf-8", "backslashreplace").decode()
+    status = status_pb2.Status(code=rpc_code, message=message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 

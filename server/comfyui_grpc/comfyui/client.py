@@ -77,7 +77,8 @@ class ComfyUIClient:
             ) from exc
         if response.status_code >= 500:
             raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} answered {response.status_code} to {method} {path}"
+                f"ComfyUI at {self.base_url} answered {response.status_code} to {method} {path}",
+                status=response.status_code,
             )
         return response
 
@@ -187,7 +188,8 @@ class ComfyUIClient:
             if response.status_code != 200:
                 raise ComfyUIUnavailable(
                     f"ComfyUI at {self.base_url} answered {response.status_code} "
-                    f"to GET /view for {subfolder}/{filename} ({type})"
+                    f"to GET /view for {subfolder}/{filename} ({type})",
+                    status=response.status_code,
                 )
             yield response
         finally:

@@ -22,9 +22,11 @@ class ComfyUIUnavailable(ComfyUIError):
     ComfyUI (the connection was refused); otherwise it may have acted on it.
     """
 
-    def __init__(self, message: str, *, maybe_sent: bool = True) -> None:
+    def __init__(self, message: str, *, maybe_sent: bool = True, status: int = 0) -> None:
         super().__init__(message)
         self.maybe_sent = maybe_sent
+        self.status = status
+        """The HTTP status ComfyUI answered, 0 when it did not answer."""
 
 
 class ComfyUIValidationError(ComfyUIError):

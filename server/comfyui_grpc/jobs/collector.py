@@ -13,6 +13,8 @@ import logging
 import mimetypes
 import time
 
+import httpx
+
 from ..comfyui.client import ComfyUIClient
 from ..comfyui.errors import ComfyUIUnavailable
 from ..observability.metrics import Metrics
@@ -23,7 +25,7 @@ from .model import Artifact, FailureReason, JobFailure, OutputFile
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_BUDGET_SECONDS = 60.0
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -40,9 +42,18 @@ class ArtifactCollector:
         self.metrics = metrics
 
     async def _copy(self, client: ComfyUIClient, job: Job, output: OutputFile) -> StoredObject:
+        """Stream one output into the store, retrying a broken download.
+
+        ComfyUI keeps its outputs on disk, so a download is retried with
+        back-off for up to ``DOWNLOAD_BUDGET_SECONDS`` (a burst of errors or a
+        ComfyUI restart must not fail a finished job); a 4xx answer means
+        the file is not there and fails at once.
+        """
         key = self.store.artifact_key(job.job_id, output.node_id, output.filename)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DOWNLOAD_BUDGET_SECONDS
         delay = 0.2
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        while True:
             try:
                 async with client.view(
                     filename=output.filename, subfolder=output.subfolder, type=output.type
@@ -53,10 +64,12 @@ class ArtifactCollector:
                     return await self.store.put_stream(
                         key, response.aiter_bytes(CHUNK_BYTES), content_type=content_type
                     )
-            except (ComfyUIUnavailable, OSError) as exc:
-                if attempt == DOWNLOAD_ATTEMPTS:
+            except (ComfyUIUnavailable, httpx.HTTPError, OSError) as exc:
+                missing = isinstance(exc, ComfyUIUnavailable) and 400 <= exc.status < 500
+                if missing or loop.time() + delay > deadline:
                     raise ComfyUIUnavailable(
-                        f"could not download {output.filename!r} from ComfyUI: {exc}"
+                        f"could not download {output.filename!r} from ComfyUI: {exc}",
+                        status=exc.status if isinstance(exc, ComfyUIUnavailable) else 0,
                     ) from exc
                 log.warning(
                     "download of %s failed (%s); retrying",
@@ -65,8 +78,7 @@ class ArtifactCollector:
                     extra=job.log_context,
                 )
                 await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, 5.0)
 
     async def collect(self, client: ComfyUIClient, job: Job) -> None:
         """Store every output of ``job`` and its manifest, then mark it SUCCEEDED.

@@ -163,9 +163,14 @@ class JobService:
         self.job_store.track(job)
         try:
             await self._dispatch(job, exclude=frozenset())
-        except GatewayError as exc:
+        except BaseException as exc:
+            # Nothing may stay behind from a job that never reached ComfyUI.
             self.registry.discard(job)
+            for backend in self.pool:
+                backend.outstanding.discard(job.job_id)
             await self.job_store.forget(job.job_id)
+            if not isinstance(exc, GatewayError):
+                raise
             if spec.request_id:
                 # Concurrent duplicates waiting on this job see the same error.
                 self._submit_errors[job.job_id] = exc

@@ -52,10 +52,25 @@ def _reject_constant(name: str) -> Any:
     )
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidArgument(
+            f"workflow_json has the number {text[:40]}, which is out of range",
+            [FieldViolation("workflow_json", "numbers must be finite")],
+        )
+    return value
+
+
 def parse_workflow_json(text: str) -> dict[str, Any]:
     """Parse ``workflow_json`` keeping integers exact (beyond 2^53 too)."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite,
+        )
     except RecursionError as exc:
         raise InvalidArgument(
             "workflow_json is nested too deeply",
@@ -72,6 +87,32 @@ def parse_workflow_json(text: str) -> dict[str, Any]:
             [FieldViolation("workflow_json", "must be a JSON object keyed by node id")],
         )
     return value
+
+
+def check_text(value: Any, field: str) -> None:
+    """Refuse non-finite numbers and strings that are not valid UTF-8 (lone
+    surrogates from JSON escapes), which ComfyUI could not take either."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidArgument(
+                f"{field} holds a number that is not finite",
+                [FieldViolation(field, "numbers must be finite (no NaN or Infinity)")],
+            )
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise InvalidArgument(
+                    f"{field} holds a string that is not valid UTF-8",
+                    [FieldViolation(field, "strings must be valid UTF-8")],
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -91,6 +132,7 @@ def _depth(value: Any, limit: int) -> int:
 
 def validate_graph(graph: dict[str, Any], field: str, *, max_nodes: int = MAX_NODES) -> None:
     """Raise InvalidArgument listing every structural problem of ``graph``."""
+    check_text(graph, field)
     violations: list[FieldViolation] = []
     if not graph:
         violations.append(FieldViolation(field, "the workflow has no nodes"))
