@@ -23,7 +23,12 @@ from .config import Settings
 from .inputs import InputUploader
 from .jobs.service import JobService, JobServiceSettings
 from .observability.health import HealthMonitor
-from .observability.interceptors import DrainGate, MetricsInterceptor, TokenAuthInterceptor
+from .observability.interceptors import (
+    DecodeGuard,
+    DrainGate,
+    MetricsInterceptor,
+    TokenAuthInterceptor,
+)
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
 from .state import open_job_store
@@ -164,6 +169,7 @@ class Gateway:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             MetricsInterceptor(self.metrics),
             self.gate,
+            DecodeGuard(),
         ]
         if tokens:
             interceptors.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+import re
 from typing import IO
 
 from .backends import BackendPool
@@ -16,22 +17,22 @@ from .comfyui.errors import ComfyUIUnavailable, ComfyUIValidationError
 from .errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from .v1 import generation_service_pb2 as pb
 
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
+
 
 def _check_name(field: str, value: str, *, allow_slash: bool) -> None:
+    parts = value.replace("\\", "/").split("/")
     bad = (
         not value.isprintable()
         or value.startswith(("/", "\\"))
-        or ".." in value.replace("\\", "/").split("/")
-        or (not allow_slash and ("/" in value or "\\" in value))
+        or any(part.strip(".") == "" or len(part.encode()) > 255 for part in parts)
+        or (not allow_slash and len(parts) > 1)
     )
-    if bad or len(value) > 255:
+    if bad:
         raise InvalidArgument(
-            f"{field} {value[:80]!r} is not allowed: no directories, '..' or control characters",
-            [
-                FieldViolation(
-                    f"metadata.{field}", "a plain name without '..', '/' or control characters"
-                )
-            ],
+            f"{field} {value[:80]!r} is not allowed: no directories, dot-only names, "
+            "control characters or parts over 255 bytes",
+            [FieldViolation(f"metadata.{field}", "a plain name; each part 1-255 bytes, not dots")],
         )
 
 
@@ -49,6 +50,11 @@ class InputUploader:
         _check_name("filename", metadata.filename, allow_slash=False)
         if metadata.subfolder:
             _check_name("subfolder", metadata.subfolder, allow_slash=True)
+        if metadata.content_type and not _CONTENT_TYPE.match(metadata.content_type):
+            raise InvalidArgument(
+                f"content_type {metadata.content_type[:80]!r} is not a MIME type",
+                [FieldViolation("metadata.content_type", "a MIME type such as image/png")],
+            )
         content_type = (
             metadata.content_type
             or mimetypes.guess_type(metadata.filename)[0]

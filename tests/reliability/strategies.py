@@ -32,7 +32,7 @@ KNOWN_GATEWAY_BUGS = {
     # UploadInput filename ".", names over 255 bytes (255 characters pass) and a
     # content_type with control characters pass the checks; ComfyUI answers 500 and
     # the caller gets UNAVAILABLE ("retry shortly") for ever.
-    "upload_names_unchecked": True,
+    "upload_names_unchecked": False,
 }
 
 UINT32_MAX = 2**32 - 1

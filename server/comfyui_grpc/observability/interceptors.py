@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..api.status import to_status
-from ..errors import Unauthenticated, Unavailable
+from ..errors import InvalidArgument, Unauthenticated, Unavailable
 from ..tasks import within
 from .metrics import Metrics
 
@@ -236,3 +236,97 @@ class DrainGate(grpc.aio.ServerInterceptor):
             return counted
 
         return _rewrap(handler, unary, stream)
+
+
+class _Undecodable:
+    """Stands in for a request message that could not be decoded."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Turns undecodable request bytes into INVALID_ARGUMENT.
+
+    grpc.aio answers UNKNOWN when a request fails to deserialize (bad bytes,
+    invalid UTF-8, nesting beyond protobuf's limit). Here the deserializer
+    hands a marker to the handler instead, which aborts with a status the
+    caller can act on.
+    """
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def safe(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as exc:
+                return _Undecodable(exc)
+
+        async def refuse(context: Any, marker: _Undecodable) -> None:
+            status = to_status(
+                InvalidArgument(
+                    f"the request could not be decoded: {marker.error}", reason="UNDECODABLE"
+                )
+            )
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        def checked(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            if handler.request_streaming:
+
+                async def messages(iterator: Any, context: Any) -> AsyncIterator[Any]:
+                    async for item in iterator:
+                        if isinstance(item, _Undecodable):
+                            await refuse(context, item)
+                        yield item
+
+                if inspect.isasyncgenfunction(behaviour):
+
+                    async def stream_in_out(iterator: Any, context: Any) -> AsyncIterator[Any]:
+                        async for item in behaviour(messages(iterator, context), context):
+                            yield item
+
+                    return stream_in_out
+
+                async def stream_in(iterator: Any, context: Any) -> Any:
+                    return await behaviour(messages(iterator, context), context)
+
+                return stream_in
+            if inspect.isasyncgenfunction(behaviour):
+
+                async def unary_in_stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
+                    if isinstance(request, _Undecodable):
+                        await refuse(context, request)
+                    async for item in behaviour(request, context):
+                        yield item
+
+                return unary_in_stream_out
+
+            async def unary_in(request: Any, context: Any) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(context, request)
+                return await behaviour(request, context)
+
+            return unary_in
+
+        behaviour = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        assert behaviour is not None
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return factory(checked(behaviour), safe, handler.response_serializer)
