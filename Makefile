@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest protos clean
+.PHONY: run test lint typecheck pytest protos bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ pytest: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Opt-in benchmarks (about 10 minutes; BENCH_ARGS=--quick for 1-2 minutes).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench $(BENCH_ARGS)
 
 protos: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) scripts/gen_protos.py

@@ -1,0 +1,1 @@
+"""The comfyui-grpc benchmark suite: ``python -m bench`` (see README.md here)."""
