@@ -472,8 +472,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                 _ecdf(ax, series, relay)
         ax.set_title(f"Progress relay delay, {scenario} subscriber(s)")
         ax.set_xlabel("ms (log)")
+    from matplotlib.ticker import NullFormatter
+
     for row in axes:
         for ax in row:
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylabel("fraction of calls / events")
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:

@@ -18,6 +18,9 @@ DEFAULT_MAX_FINISHED = 10_000
 class JobRegistry:
     def __init__(self, max_finished: int = DEFAULT_MAX_FINISHED) -> None:
         self._jobs: dict[str, Job] = {}
+        # Jobs not yet finished: counting waiting jobs on every Generate must
+        # not walk the thousands of finished ones.
+        self._open: dict[str, Job] = {}
         self._by_request: dict[str, str] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_finished = max_finished
@@ -30,6 +33,8 @@ class JobRegistry:
 
     def add(self, job: Job) -> None:
         self._jobs[job.job_id] = job
+        if not job.terminal:
+            self._open[job.job_id] = job
         if job.spec.request_id:
             self._by_request[job.spec.request_id] = job.job_id
 
@@ -43,12 +48,14 @@ class JobRegistry:
     def discard(self, job: Job) -> None:
         """Forget a job that never reached ComfyUI (e.g. it failed validation)."""
         self._jobs.pop(job.job_id, None)
+        self._open.pop(job.job_id, None)
         if self._by_request.get(job.spec.request_id) == job.job_id:
             del self._by_request[job.spec.request_id]
         self._finished.pop(job.job_id, None)
 
     def finished(self, job: Job) -> None:
         """Note that ``job`` ended, evicting the oldest finished jobs past the bound."""
+        self._open.pop(job.job_id, None)
         self._finished[job.job_id] = None
         while len(self._finished) > self._max_finished:
             old_id, _ = self._finished.popitem(last=False)
@@ -57,11 +64,12 @@ class JobRegistry:
                 del self._by_request[old.spec.request_id]
 
     def open_jobs(self) -> list[Job]:
-        return [j for j in self._jobs.values() if not j.terminal]
+        return [j for j in self._open.values() if not j.terminal]
 
     def in_states(self, states: Iterable[JobState]) -> list[Job]:
         wanted = set(states)
         return [j for j in self._jobs.values() if not wanted or j.state in wanted]
 
     def count(self, state: JobState) -> int:
-        return sum(1 for j in self._jobs.values() if j.state is state)
+        jobs = self._jobs if state.terminal else self._open
+        return sum(1 for j in jobs.values() if j.state is state)
