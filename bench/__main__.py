@@ -196,8 +196,8 @@ def notes(results: dict[str, Any]) -> list[str]:
         "opens one ComfyUI socket per stream under the job's client id, and it throttles "
         "progress to about 2 events per second: updates it drops are counted as not delivered.",
         "Artifact MB/s are 10^6 bytes per second of wall time for the whole copy; the "
-        "gateway's time includes its manifest and its server-side CopyObject that records "
-        "the sha256 on multipart objects (see the phases column).",
+        "gateway's time includes the download from /view, which a plain upload does not "
+        "have, and the job's manifest (see the phases column).",
     ]
     if results.get("gateway_pythonpath"):
         out.append(

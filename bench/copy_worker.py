@@ -122,7 +122,7 @@ async def gateway_mode(
 
     # Phase timers around the store's steps (the behaviour is unchanged).
     store.put_stream = timed("put_stream_total", store.put_stream)  # type: ignore[method-assign,assignment]
-    for name in ("_record_sha256", "_verify", "put_bytes"):
+    for name in ("_verify", "put_bytes"):
         if hasattr(store, name):
             setattr(store, name, timed(name.lstrip("_"), getattr(store, name)))
 

@@ -49,7 +49,8 @@ def test_defaults_without_optional_variables() -> None:
     assert settings.prefix == ""
     assert settings.create_bucket is False
     assert settings.access_key_id is None
-    assert settings.part_size_bytes == settings.multipart_threshold_bytes == 8 * 1024 * 1024
+    assert settings.part_size_bytes == 8 * 1024 * 1024
+    assert settings.multipart_threshold_bytes == 16 * 1024 * 1024
 
 
 def test_credentials_never_appear_in_repr() -> None:
@@ -115,6 +116,8 @@ def test_profile_missing_from_credentials_file(tmp_path: Path) -> None:
     [
         ({"bucket": ""}, "bucket"),
         ({"part_size_bytes": 1024}, "part size"),
+        ({"multipart_threshold_bytes": -1}, "multipart threshold"),
+        ({"multipart_threshold_bytes": 6 * 1024**3}, "multipart threshold"),
         ({"max_attempts": 0}, "max_attempts"),
         ({"access_key_id": None}, "both"),
     ],

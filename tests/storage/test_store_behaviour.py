@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ JOB = "4c1f6c1e-0d3a-4e0b-9d0f-7f7c9c1c2a10"
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def multipart_threshold(store: S3ArtifactStore) -> int:
+    return store.settings.multipart_threshold_bytes
 
 
 async def keys_behind_the_store(store: ArtifactStore, raw_s3: Any) -> dict[str, str]:
@@ -69,7 +74,12 @@ async def test_images_and_video_land_under_job_keys(store: ArtifactStore, raw_s3
             sha256(data),
             content_type,
         )
-        assert await store.head(key) == stored
+        found = await store.head(key)
+        if isinstance(store, S3ArtifactStore) and len(data) > multipart_threshold(store):
+            # A multipart object's hash is known only after its parts; it lives in the manifest.
+            assert found == replace(stored, sha256="")
+        else:
+            assert found == stored
         if isinstance(store, S3ArtifactStore):
             assert stored.uri == f"s3://{store.settings.bucket}/{key}"
         else:
@@ -81,16 +91,51 @@ async def test_images_and_video_land_under_job_keys(store: ArtifactStore, raw_s3
     assert await keys_behind_the_store(store, raw_s3) == expected
 
 
-async def test_s3_records_sha256_as_object_metadata(moto_endpoint: str, raw_s3: Any) -> None:
+async def test_s3_records_sha256_as_metadata_on_single_puts(
+    moto_endpoint: str, raw_s3: Any
+) -> None:
     from storage_helpers import s3_settings
 
     async with S3ArtifactStore(s3_settings(moto_endpoint)) as store:
-        for name, data in [("small.png", png_bytes((1, 2, 3))), ("large.mp4", blob(6 * MiB))]:
+        for name, data, metadata in [
+            ("small.png", png_bytes((1, 2, 3)), {"sha256": sha256(png_bytes((1, 2, 3)))}),
+            ("large.mp4", blob(6 * MiB), {}),  # multipart: the hash is in the manifest
+        ]:
             key = store.artifact_key(JOB, "7", name)
-            await store.put_bytes(key, data, content_type=guess_content_type(name))
+            stored = await store.put_bytes(key, data, content_type=guess_content_type(name))
+            assert stored.sha256 == sha256(data)
             head = await raw_s3.head_object(Bucket=store.settings.bucket, Key=key)
-            assert head["Metadata"] == {"sha256": sha256(data)}
+            assert head["Metadata"] == metadata
             assert head["ContentType"] == guess_content_type(name)
+
+
+@pytest.mark.parametrize(
+    ("size", "etag_parts"),
+    [
+        (12 * MiB, None),  # exactly the threshold: one PUT
+        (12 * MiB + 1, 2),  # one byte more: a threshold-sized first part, then the byte
+        (23 * MiB + 5, 4),  # 12 MiB, 5 MiB, 5 MiB, 1 MiB + 5 bytes
+    ],
+)
+async def test_threshold_decides_between_one_put_and_parts(
+    moto_endpoint: str, raw_s3: Any, size: int, etag_parts: int | None
+) -> None:
+    from storage_helpers import s3_settings
+
+    settings = s3_settings(moto_endpoint, multipart_threshold_bytes=12 * MiB)
+    async with S3ArtifactStore(settings) as store:
+        data = blob(size, seed=size)
+        key = store.artifact_key(JOB, "12", "clip.mp4")
+        stored = await store.put_stream(key, chunked(data, 3 * MiB + 7), content_type="video/mp4")
+        assert (stored.size_bytes, stored.sha256) == (size, sha256(data))
+        head = await raw_s3.head_object(Bucket=settings.bucket, Key=key)
+        etag = head["ETag"].strip('"')
+        if etag_parts is None:
+            assert "-" not in etag
+        else:
+            assert etag.endswith(f"-{etag_parts}")
+        assert await store.get_bytes(key) == data
+        assert await open_uploads(raw_s3, settings.bucket) == []
 
 
 @pytest.mark.parametrize("chunk_size", [MiB, 3 * MiB + 1])

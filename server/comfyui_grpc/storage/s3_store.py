@@ -2,6 +2,9 @@
 
 botocore's own retries are switched off so that every request follows one
 retry policy (``retry.retrying``) with logging and a clear final error.
+Payload signing is on for http and https alike: every PUT and part carries
+its body's sha256 in the signature, which the store checks before it keeps
+a byte, so no separate Content-MD5 pass is needed.
 """
 
 from __future__ import annotations
@@ -23,15 +26,13 @@ from .errors import ObjectNotFound, StorageError, StorageRejected, StorageUnavai
 from .objects import StoredObject
 from .retry import Classifier, describe, retrying
 from .s3_errors import Failure, classify, error_code, explain
-from .s3_upload import MultipartUpload, PartCutter, content_md5
+from .s3_upload import MultipartUpload, PartCutter
 from .settings import S3Settings
 
 log = logging.getLogger(__name__)
 
 SHA256_METADATA = "sha256"
-"""Stored as ``x-amz-meta-sha256`` so that ``head`` can report the hash."""
-MAX_COPY_BYTES = 5 * 1024**3
-"""CopyObject's limit; larger objects keep their hash in the manifest only."""
+"""Sent as ``x-amz-meta-sha256`` with single PUTs so that ``head`` can report the hash."""
 GET_BYTES_LIMIT = 64 * 1024 * 1024
 """``get_bytes`` is for manifests; anything larger must be streamed."""
 CHECK_TIMEOUT_SECONDS = 5.0
@@ -62,7 +63,10 @@ class S3ArtifactStore(ArtifactStore):
         return AioConfig(
             region_name=s.region,
             signature_version="s3v4",
-            s3={"addressing_style": "path" if s.path_style else "auto"},
+            s3={
+                "addressing_style": "path" if s.path_style else "auto",
+                "payload_signing_enabled": True,
+            },
             # S3-compatible servers reject the newer default checksum headers.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -190,33 +194,45 @@ class S3ArtifactStore(ArtifactStore):
     async def put_stream(
         self, key: str, chunks: AsyncIterable[bytes], *, content_type: str
     ) -> StoredObject:
+        """Streams ``chunks`` into one object: a single PUT up to the threshold, else parts.
+
+        The first part is as large as the threshold, so the stream's start is
+        held once and becomes either the whole PUT body or part 1. The sha256
+        is sent as metadata on a single PUT; a multipart object's hash is only
+        known once its parts are stored, and it is kept in the job manifest
+        rather than rewriting the object with a server-side copy. The store
+        checks each signed body as it arrives; an assembled multipart object
+        is then checked once more by size.
+        """
         self.validate_key(key)
         self._require_client()
         threshold = self._settings.multipart_threshold_bytes
+        part_size = self._settings.part_size_bytes
         hasher = hashlib.sha256()
         size = 0
-        head = io.BytesIO()  # the stream's start, until it outgrows a single PUT
-        cutter = PartCutter(self._settings.part_size_bytes)
+        cutter = PartCutter(part_size, first_part_size=max(threshold, part_size))
+        held: io.BytesIO | None = None  # a full first part while the object may fit one PUT
         upload: MultipartUpload | None = None
         try:
             async for chunk in chunks:
                 hasher.update(chunk)
                 size += len(chunk)
-                if upload is None:
-                    head.write(chunk)
-                    if head.tell() <= threshold:
-                        continue
+                if upload is None and size > threshold:
                     upload = await self._create_multipart(key, content_type)
-                    with head.getbuffer() as start:
-                        await self._send_parts(upload, cutter, start)
-                    head = io.BytesIO()
-                else:
-                    await self._send_parts(upload, cutter, chunk)
-                if upload.failed():
+                    if held is not None:
+                        await upload.send(held)
+                        held = None
+                for part in cutter.feed(chunk):
+                    if upload is None:
+                        held = part  # only the first part, exactly ``threshold`` bytes
+                    else:
+                        await upload.send(part)
+                if upload is not None and upload.failed():
                     await upload.wait()  # raises the part's error without reading further
             sha256 = hasher.hexdigest()
             if upload is None:
-                await self._put_object(key, head, content_type, sha256)
+                body = held or cutter.rest() or io.BytesIO()
+                await self._put_object(key, body, content_type, sha256)
             else:
                 rest = cutter.rest()
                 if rest is not None or upload.parts_started == 0:
@@ -233,13 +249,12 @@ class S3ArtifactStore(ArtifactStore):
             sha256=sha256,
             content_type=content_type,
         )
-        try:
-            if upload is not None:
-                await self._record_sha256(stored)
-            await self._verify(stored)
-        except BaseException:
-            await self._discard(key)
-            raise
+        if upload is not None:
+            try:
+                await self._verify(stored)
+            except BaseException:
+                await self._discard(key)
+                raise
         return stored
 
     async def _create_multipart(self, key: str, content_type: str) -> MultipartUpload:
@@ -254,13 +269,6 @@ class S3ArtifactStore(ArtifactStore):
         return MultipartUpload(
             self._request, bucket=bucket, key=key, upload_id=str(response["UploadId"])
         )
-
-    @staticmethod
-    async def _send_parts(
-        upload: MultipartUpload, cutter: PartCutter, data: bytes | memoryview
-    ) -> None:
-        for part in cutter.feed(data):
-            await upload.send(part)
 
     async def _complete(self, upload: MultipartUpload, key: str, size: int) -> None:
         try:
@@ -285,32 +293,11 @@ class S3ArtifactStore(ArtifactStore):
             Key=key,
             Body=body,
             ContentType=content_type,
-            ContentMD5=content_md5(body),
             Metadata={SHA256_METADATA: sha256},
         )
 
-    async def _record_sha256(self, stored: StoredObject) -> None:
-        """Adds the hash to a multipart object's metadata, unknown when the upload began.
-
-        S3 metadata is immutable, so this is a server-side copy onto itself.
-        """
-        if stored.size_bytes > MAX_COPY_BYTES:
-            log.info("%s is too large to copy; its sha256 is kept in the manifest", stored.uri)
-            return
-        bucket = self._settings.bucket
-        await self._request(
-            f"S3 CopyObject of {stored.uri}",
-            "copy_object",
-            Bucket=bucket,
-            Key=stored.key,
-            CopySource={"Bucket": bucket, "Key": stored.key},
-            MetadataDirective="REPLACE",
-            ContentType=stored.content_type,
-            Metadata={SHA256_METADATA: stored.sha256},
-        )
-
     async def _verify(self, stored: StoredObject) -> None:
-        """Checks that the store reports the size and hash that were streamed."""
+        """Checks that the assembled object has the size that was streamed."""
         found = await self.head(stored.key)
         if found.size_bytes != stored.size_bytes or (
             found.sha256 and found.sha256 != stored.sha256

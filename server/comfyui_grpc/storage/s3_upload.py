@@ -1,17 +1,18 @@
 """Multipart upload of a stream: one part on the wire while the next one fills.
 
 At most two parts are held at once (the one uploading and the one filling),
-so memory stays near ``2 * part_size`` whatever the object's size. Parts are
+so memory stays near ``first_part_size + part_size`` whatever the object's
+size. Parts are
 handed to the HTTP client as ``BytesIO`` bodies, which it sends in small
 pieces; a ``bytes`` body would be copied whole, more than once, on the way to
 the socket. A failed upload is aborted so that no orphan parts stay behind.
+Each part's body is signed with its sha256 (see ``S3ArtifactStore``), so the
+store refuses a part garbled on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import io
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,22 +26,19 @@ Request = Callable[..., Awaitable[dict[str, Any]]]
 """``request(what, operation, *, rewind=None, **params)``: one S3 call with retries."""
 
 
-def content_md5(body: io.BytesIO) -> str:
-    """The Content-MD5 header value: the store rejects a body garbled on the way."""
-    with body.getbuffer() as view:
-        digest = hashlib.md5(view, usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode()
-
-
 class PartCutter:
-    """Cuts a stream into bodies of exactly ``part_size`` bytes (the last may be short).
+    """Cuts a stream into bodies of ``first_part_size`` bytes, then ``part_size`` each.
 
-    A part is started only when its first byte arrives, i.e. after the caller
-    has handed the previous part on and waited for the one before it.
+    The last body may be short. A larger first part lets the start of a
+    stream double as a whole single-PUT body until the stream proves longer,
+    without being copied again. A part is started only when its first byte
+    arrives, i.e. after the caller has handed the previous part on and
+    waited for the one before it.
     """
 
-    def __init__(self, part_size: int) -> None:
+    def __init__(self, part_size: int, *, first_part_size: int | None = None) -> None:
         self._part_size = part_size
+        self._size = first_part_size or part_size
         self._part: io.BytesIO | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[io.BytesIO]:
@@ -49,11 +47,12 @@ class PartCutter:
         while view:
             if self._part is None:
                 self._part = io.BytesIO()
-            room = self._part_size - self._part.tell()
+            room = self._size - self._part.tell()
             self._part.write(view[:room])
             view = view[room:]
-            if self._part.tell() == self._part_size:
+            if self._part.tell() == self._size:
                 full, self._part = self._part, None
+                self._size = self._part_size
                 yield full
 
     def rest(self) -> io.BytesIO | None:
@@ -98,7 +97,6 @@ class MultipartUpload:
             UploadId=self.upload_id,
             PartNumber=number,
             Body=body,
-            ContentMD5=content_md5(body),
         )
         return {"ETag": response["ETag"], "PartNumber": number}
 
