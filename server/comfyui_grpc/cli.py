@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, logs
+from . import __version__, heap, logs
 from .app import Gateway
 from .config import Settings, add_arguments, describe, settings_from_args
 
@@ -38,6 +38,7 @@ async def _until_signalled() -> None:
 async def _serve(settings: Settings) -> None:
     gateway = Gateway(settings)
     await gateway.start()
+    heap.settle_after_start()
     try:
         await _until_signalled()
         log.info("shutting down (grace %.0f s)", settings.shutdown_grace_seconds)
@@ -79,6 +80,7 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
         await gateway.start()
         try:
             await gateway.wait_backends(5.0)
+            heap.settle_after_start()
             _print_banner(settings, gateway.port, simulator.url)
             await _until_signalled()
         finally:
