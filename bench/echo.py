@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import grpc
+from comfyui_grpc import heap
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
@@ -30,6 +31,7 @@ async def serve(port: int) -> None:
     pb_grpc.add_GenerationServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    heap.settle_after_start()  # the same collector settings as the gateway
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

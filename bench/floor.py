@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import httpx
 import websockets
+from comfyui_grpc import heap
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
@@ -154,6 +155,7 @@ async def serve(port: int, comfyui_url: str) -> None:
     reader = asyncio.create_task(servicer.read_socket())
     await server.start()
     await asyncio.wait_for(servicer.connected.wait(), 20)
+    heap.settle_after_start()  # the same collector settings as the gateway
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

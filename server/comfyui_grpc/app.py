@@ -23,12 +23,7 @@ from .config import Settings
 from .inputs import InputUploader
 from .jobs.service import JobService, JobServiceSettings
 from .observability.health import HealthMonitor
-from .observability.interceptors import (
-    DecodeGuard,
-    DrainGate,
-    MetricsInterceptor,
-    TokenAuthInterceptor,
-)
+from .observability.interceptors import CallInterceptor, DrainGate, TokenAuthInterceptor
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
 from .state import open_job_store
@@ -166,11 +161,7 @@ class Gateway:
                 self._add_backend(url)
         await self.service.start()
 
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            MetricsInterceptor(self.metrics),
-            self.gate,
-            DecodeGuard(),
-        ]
+        interceptors: list[grpc.aio.ServerInterceptor] = [CallInterceptor(self.metrics, self.gate)]
         if tokens:
             interceptors.append(
                 TokenAuthInterceptor(tokens, (health.SERVICE_NAME, reflection.SERVICE_NAME))

@@ -1,13 +1,14 @@
 """The GenerationService servicer: thin; the work is in :mod:`comfyui_grpc.jobs`.
 
-Every method goes through :func:`_guarded`, so a domain error becomes its
-status with details and anything unexpected becomes INTERNAL with an
-incident id, never a bare UNKNOWN.
+Every method goes through :func:`_guarded` (streams: :func:`_streaming_statuses`),
+so a domain error becomes its status with details and anything unexpected
+becomes INTERNAL with an incident id, never a bare UNKNOWN.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import logging
 import tempfile
@@ -68,22 +69,21 @@ def _guarded(
     return wrapper
 
 
-def _guarded_stream(
-    method: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except GatewayError as exc:
-            await _abort(context, to_status(exc))
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await _abort(context, internal_status(exc, method.__name__))
+@contextlib.asynccontextmanager
+async def _streaming_statuses(context: Ctx, name: str) -> AsyncIterator[None]:
+    """What :func:`_guarded` does, for a streaming method's body.
 
-    return wrapper
+    A context manager rather than a wrapping generator: a wrapper would add a
+    hop to every message the stream sends.
+    """
+    try:
+        yield
+    except GatewayError as exc:
+        await _abort(context, to_status(exc))
+    except Exception as exc:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise
+        await _abort(context, internal_status(exc, name))
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
@@ -163,25 +163,25 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             deduplicated=existing,
         )
 
-    @_guarded_stream
     async def StreamProgress(
         self, request: pb.StreamProgressRequest, context: Ctx
     ) -> AsyncIterator[pb.ProgressEvent]:
-        job = await self.service.find(request.job_id)
-        after = request.after_sequence if request.HasField("after_sequence") else None
-        # Snapshot and subscription are taken together, with no await between.
-        subscription = job.log.subscribe(
-            after_sequence=after, on_coalesce=self.metrics.coalesced_events.inc
-        )
-        snapshot = convert.snapshot(job)
-        self.metrics.active_streams.inc()
-        try:
-            yield snapshot
-            async for event in subscription:
-                yield convert.event(event)
-        finally:
-            subscription.close()
-            self.metrics.active_streams.dec()
+        async with _streaming_statuses(context, "StreamProgress"):
+            job = await self.service.find(request.job_id)
+            after = request.after_sequence if request.HasField("after_sequence") else None
+            # Snapshot and subscription are taken together, with no await between.
+            subscription = job.log.subscribe(
+                after_sequence=after, on_coalesce=self.metrics.coalesced_events.inc
+            )
+            snapshot = convert.snapshot(job)
+            self.metrics.active_streams.inc()
+            try:
+                yield snapshot
+                async for event in subscription:
+                    yield convert.event(event)
+            finally:
+                subscription.close()
+                self.metrics.active_streams.dec()
 
     @_guarded
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
@@ -271,23 +271,23 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 )
             return await self.uploader.upload(metadata, spool, size)
 
-    @_guarded_stream
     async def ReadArtifact(
         self, request: pb.ReadArtifactRequest, context: Ctx
     ) -> AsyncIterator[pb.ReadArtifactResponse]:
-        chunk_size = request.chunk_size or DEFAULT_CHUNK
-        if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-            raise InvalidArgument(
-                f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK}",
-                [FieldViolation("chunk_size", f"between {MIN_CHUNK} and {MAX_CHUNK} bytes")],
-            )
-        job = await self.service.find(request.job_id)
-        found = _find_artifact(job, request.artifact)
-        yield pb.ReadArtifactResponse(artifact=convert.artifact(found))
-        offset = 0
-        async for chunk in self.service.read_artifact(found.key, chunk_size):
-            yield pb.ReadArtifactResponse(chunk=chunk, offset=offset)
-            offset += len(chunk)
+        async with _streaming_statuses(context, "ReadArtifact"):
+            chunk_size = request.chunk_size or DEFAULT_CHUNK
+            if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+                raise InvalidArgument(
+                    f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK}",
+                    [FieldViolation("chunk_size", f"between {MIN_CHUNK} and {MAX_CHUNK} bytes")],
+                )
+            job = await self.service.find(request.job_id)
+            found = _find_artifact(job, request.artifact)
+            yield pb.ReadArtifactResponse(artifact=convert.artifact(found))
+            offset = 0
+            async for chunk in self.service.read_artifact(found.key, chunk_size):
+                yield pb.ReadArtifactResponse(chunk=chunk, offset=offset)
+                offset += len(chunk)
 
 
 def _page_token(offset: int) -> str:

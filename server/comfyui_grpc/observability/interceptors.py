@@ -1,7 +1,11 @@
-"""Server interceptors: RPC metrics and bearer-token authentication.
+"""Server interceptors: what happens around every call.
 
 grpc.aio interceptors see only the method name before the handler runs, so
-each wraps the handler's behaviour (unary or streaming) in place.
+they wrap the handler's behaviour (unary or streaming) in place. Metrics,
+the drain gate and the decode guard share one wrapper (:class:`CallInterceptor`),
+built once per method: every layer of wrapping is another async-generator
+hop for each message a stream sends, paid a thousand times over when a
+thousand streams relay the same progress event.
 """
 
 from __future__ import annotations
@@ -37,74 +41,30 @@ def _code_of(context: Any, error: BaseException | None) -> str:
     return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
 
 
-def _rewrap(handler: Handler, unary: Callable[..., Any], stream: Callable[..., Any]) -> Handler:
+def _rewrap(
+    handler: Handler,
+    unary: Callable[..., Any],
+    stream: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> Handler:
+    """A handler of the same shape around wrapped behaviour (and deserializer)."""
+    deserialize = deserializer or handler.request_deserializer
+    serialize = handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            unary(handler.unary_unary), deserialize, serialize
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            stream(handler.unary_stream), deserialize, serialize
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            unary(handler.stream_unary), deserialize, serialize
         )
     return grpc.stream_stream_rpc_method_handler(
-        stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        stream(handler.stream_stream), deserialize, serialize
     )
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        seconds = self.metrics.rpc_seconds.labels(method)
-        handled = self.metrics.rpc_handled
-
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def timed(request: Any, context: Any) -> Any:
-                start = time.perf_counter()
-                error: BaseException | None = None
-                try:
-                    return await behaviour(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    seconds.observe(time.perf_counter() - start)
-                    handled.labels(method, _code_of(context, error)).inc()
-
-            return timed
-
-        def stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-            if not inspect.isasyncgenfunction(behaviour):
-                # A coroutine that writes with context.write (e.g. health Watch).
-                return unary(behaviour)
-
-            async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
-                start = time.perf_counter()
-                error: BaseException | None = None
-                try:
-                    async for item in behaviour(request, context):
-                        yield item
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    seconds.observe(time.perf_counter() - start)
-                    handled.labels(method, _code_of(context, error)).inc()
-
-            return timed
-
-        return _rewrap(handler, unary, stream)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -165,8 +125,8 @@ def _refusal(handler: Handler, status: grpc.Status) -> Handler:
     return _rewrap(handler, unary, unary)
 
 
-class DrainGate(grpc.aio.ServerInterceptor):
-    """Counts calls in flight; once closed, refuses new ones with UNAVAILABLE.
+class DrainGate:
+    """Counts calls in flight; once closed, new calls are refused with UNAVAILABLE.
 
     Graceful shutdown closes the gate, waits for the calls in flight (open
     progress streams included) up to the grace period, then stops the server.
@@ -180,12 +140,15 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._status = to_status(
+        self.refusal = to_status(
             Unavailable(
                 "the gateway is shutting down; retry (another replica will answer)",
                 reason="SHUTTING_DOWN",
             )
         )
+
+    def exempt(self, method: str) -> bool:
+        return method.startswith(self._exempt)
 
     def close(self) -> None:
         self.closed = True
@@ -193,49 +156,14 @@ class DrainGate(grpc.aio.ServerInterceptor):
     async def wait_idle(self, timeout: float) -> bool:
         return await within(self._idle.wait(), timeout)
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
         self.inflight += 1
         self._idle.clear()
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(self._exempt):
-            return handler
-        if self.closed:
-            return _refusal(handler, self._status)
-
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def counted(request: Any, context: Any) -> Any:
-                self._enter()
-                try:
-                    return await behaviour(request, context)
-                finally:
-                    self._leave()
-
-            return counted
-
-        def stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-            if not inspect.isasyncgenfunction(behaviour):
-                return unary(behaviour)
-
-            async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
-                self._enter()
-                try:
-                    async for item in behaviour(request, context):
-                        yield item
-                finally:
-                    self._leave()
-
-            return counted
-
-        return _rewrap(handler, unary, stream)
 
 
 class _Undecodable:
@@ -247,86 +175,122 @@ class _Undecodable:
         self.error = error
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
-    """Turns undecodable request bytes into INVALID_ARGUMENT.
+async def _refuse_undecodable(context: Any, marker: _Undecodable) -> None:
+    status = to_status(
+        InvalidArgument(f"the request could not be decoded: {marker.error}", reason="UNDECODABLE")
+    )
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
-    grpc.aio answers UNKNOWN when a request fails to deserialize (bad bytes,
-    invalid UTF-8, nesting beyond protobuf's limit). Here the deserializer
-    hands a marker to the handler instead, which aborts with a status the
-    caller can act on.
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """grpc.aio answers UNKNOWN when a request fails to deserialize (bad bytes,
+    invalid UTF-8, nesting beyond protobuf's limit); a marker lets the wrapper
+    answer INVALID_ARGUMENT instead."""
+
+    def safe(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    return safe
+
+
+async def _checked_messages(iterator: Any, context: Any) -> AsyncIterator[Any]:
+    async for item in iterator:
+        if isinstance(item, _Undecodable):
+            await _refuse_undecodable(context, item)
+        yield item
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Metrics, drain accounting and undecodable-request refusal around every call.
+
+    Each call is timed and counted by method and final status code; calls
+    outside the gate's exempt services are counted in flight, and refused
+    once the gate is closed; a request that cannot be decoded is refused
+    with INVALID_ARGUMENT. The wrapped handler is built once per method.
     """
+
+    def __init__(self, metrics: Metrics, gate: DrainGate) -> None:
+        self.metrics = metrics
+        self.gate = gate
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        if handler is None:
             return handler
-        deserialize = handler.request_deserializer
+        method = handler_call_details.method
+        counted = not self.gate.exempt(method)
+        if counted and self.gate.closed:
+            return _refusal(handler, self.gate.refusal)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method.rsplit("/", 1)[-1], counted)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-        def safe(data: bytes) -> Any:
-            try:
-                return deserialize(data)
-            except Exception as exc:
-                return _Undecodable(exc)
+    def _wrap(self, handler: Handler, name: str, counted: bool) -> Handler:
+        seconds = self.metrics.rpc_seconds.labels(name)
+        handled = self.metrics.rpc_handled
+        gate = self.gate
+        request_streaming = bool(handler.request_streaming)
 
-        async def refuse(context: Any, marker: _Undecodable) -> None:
-            status = to_status(
-                InvalidArgument(
-                    f"the request could not be decoded: {marker.error}", reason="UNDECODABLE"
-                )
-            )
-            await context.abort(status.code, status.details, status.trailing_metadata)
+        def finish(start: float, context: Any, error: BaseException | None) -> None:
+            if counted:
+                gate.leave()
+            seconds.observe(time.perf_counter() - start)
+            handled.labels(name, _code_of(context, error)).inc()
 
-        def checked(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-            if handler.request_streaming:
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                if counted:
+                    gate.enter()
+                error: BaseException | None = None
+                try:
+                    if request_streaming:
+                        request = _checked_messages(request, context)
+                    elif isinstance(request, _Undecodable):
+                        await _refuse_undecodable(context, request)
+                    return await behaviour(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(start, context, error)
 
-                async def messages(iterator: Any, context: Any) -> AsyncIterator[Any]:
-                    async for item in iterator:
-                        if isinstance(item, _Undecodable):
-                            await refuse(context, item)
-                        yield item
+            return call
 
-                if inspect.isasyncgenfunction(behaviour):
+        def stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(behaviour):
+                # A coroutine that writes with context.write (e.g. health Watch).
+                return unary(behaviour)
 
-                    async def stream_in_out(iterator: Any, context: Any) -> AsyncIterator[Any]:
-                        async for item in behaviour(messages(iterator, context), context):
-                            yield item
-
-                    return stream_in_out
-
-                async def stream_in(iterator: Any, context: Any) -> Any:
-                    return await behaviour(messages(iterator, context), context)
-
-                return stream_in
-            if inspect.isasyncgenfunction(behaviour):
-
-                async def unary_in_stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
-                    if isinstance(request, _Undecodable):
-                        await refuse(context, request)
+            async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                if counted:
+                    gate.enter()
+                error: BaseException | None = None
+                try:
+                    if request_streaming:
+                        request = _checked_messages(request, context)
+                    elif isinstance(request, _Undecodable):
+                        await _refuse_undecodable(context, request)
                     async for item in behaviour(request, context):
                         yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(start, context, error)
 
-                return unary_in_stream_out
+            return call
 
-            async def unary_in(request: Any, context: Any) -> Any:
-                if isinstance(request, _Undecodable):
-                    await refuse(context, request)
-                return await behaviour(request, context)
-
-            return unary_in
-
-        behaviour = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
-        assert behaviour is not None
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
-        return factory(checked(behaviour), safe, handler.response_serializer)
+        deserialize = handler.request_deserializer
+        safe = _safe_deserializer(deserialize) if deserialize is not None else None
+        return _rewrap(handler, unary, stream, safe)
