@@ -44,7 +44,9 @@ class Job:
         self.job_id = job_id
         self.spec = spec
         self._clock = clock
-        self.state = JobState.QUEUED
+        self._state = JobState.QUEUED
+        # Told of every change of state (the registry keeps its counts with it).
+        self.state_observer: Callable[[Job, JobState, JobState], None] | None = None
         self.create_time = clock()
         self.start_time: float | None = None
         self.end_time: float | None = None
@@ -69,6 +71,16 @@ class Job:
         self.listener: Callable[[Job, ev.Event], None] | None = None
 
     # -- views ---------------------------------------------------------------
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    @state.setter
+    def state(self, state: JobState) -> None:
+        old, self._state = self._state, state
+        if old is not state and self.state_observer is not None:
+            self.state_observer(self, old, state)
 
     @property
     def log_context(self) -> dict[str, str]:
