@@ -231,7 +231,8 @@ OPTIONS: tuple[Option, ...] = (
         "COMFYUI_GRPC_RECONCILE_INTERVAL_SECONDS",
         "reconcile_interval_seconds",
         float,
-        "seconds between checks of open jobs against ComfyUI (default 2)",
+        "seconds between probes of ComfyUI's queue while jobs are open; a full check "
+        "every 15th (default 2)",
     ),
     Option(
         "--shutdown-grace",

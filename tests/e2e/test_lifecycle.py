@@ -7,8 +7,10 @@ import hashlib
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from comfyui_grpc.app import Gateway
+from comfyui_grpc.jobs import tracker as tracker_module
 from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
@@ -385,3 +387,31 @@ async def test_result_of_an_evicted_job_comes_from_its_manifest(
             assert hashlib.sha256(data).hexdigest() == jobs[0].artifacts[0].sha256
     finally:
         await gw.stop(grace=0)
+
+
+async def test_a_prompt_deleted_behind_the_gateways_back_is_resubmitted(
+    stub: pb_grpc.GenerationServiceStub, simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No periodic full check: only the cheap queue probe can notice the deletion.
+    monkeypatch.setattr(tracker_module, "FULL_RECONCILE_EVERY", 10**9)
+    blocker = await stub.Generate(
+        workflow_request(slow_workflow(steps=40, seconds_per_step=0.05, prefix="a")), timeout=10
+    )
+    victim = await stub.Generate(
+        workflow_request(slow_workflow(steps=2, seconds_per_step=0.01, prefix="b")), timeout=10
+    )
+    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=blocker.job_id, after_sequence=0))
+    async for event in stream:
+        if event_kind(event) == "node_progress":
+            break
+    stream.cancel()
+    # Another ComfyUI client removes the waiting prompt; ComfyUI tells nobody.
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{simulator.url}/queue", json={"delete": [victim.job_id]})
+        assert answer.status_code == 200
+
+    result = await stub.GetResult(
+        pb.GetResultRequest(job_id=victim.job_id, wait_timeout={"seconds": 30}), timeout=40
+    )
+    assert result.job.state == job_pb2.JOB_STATE_SUCCEEDED, result.job.error
+    assert len(result.job.artifacts) == 1

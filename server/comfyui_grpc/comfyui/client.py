@@ -156,6 +156,16 @@ class ComfyUIClient:
         pending = tuple(str(item[1]) for item in pending_items if len(item) > 1)
         return QueueView(running=running, pending=pending, present=frozenset(running + pending))
 
+    async def queue_remaining(self) -> int:
+        """Prompts queued or running, from ``GET /prompt``: a few bytes, unlike ``/queue``."""
+        data = await self._json("GET", "/prompt")
+        try:
+            return int(data["exec_info"]["queue_remaining"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ComfyUIUnavailable(
+                f"ComfyUI at {self.base_url} sent no queue_remaining from GET /prompt"
+            ) from exc
+
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of a finished prompt, or None while unknown/unfinished."""
         data = await self._json("GET", f"/history/{prompt_id}")

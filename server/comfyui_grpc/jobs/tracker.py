@@ -2,10 +2,17 @@
 
 ComfyUI sends a prompt's messages only to the socket registered under its
 client id at that instant and replays nothing, so the socket is the fast
-path and reconciliation is the truth: after every (re)connect and
-periodically while jobs are open, each open job is checked against
-``/queue`` and ``/history/{id}``. A job that is in neither was deleted or lost
-in a restart.
+path and reconciliation is the truth: after every (re)connect, each open
+job is checked against ``/queue`` and ``/history/{id}``. A job that is in
+neither was deleted or lost in a restart.
+
+While jobs are open the backend is also probed every interval, cheaply:
+``GET /prompt`` says how many prompts ComfyUI holds. Fewer than the gateway's
+own jobs there means some ended or vanished unheard, and triggers a full
+check at once; otherwise a full check runs every ``FULL_RECONCILE_EVERY``
+intervals. ``/queue`` carries a deep copy of every queued prompt's graph,
+which ComfyUI builds on its event loop; asking for it every two seconds with
+a thousand jobs waiting slowed ComfyUI and the gateway alike.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ Resubmit = Callable[[Job, str], Coroutine[Any, Any, None]]
 # arrives this soon after ours is treated as ours and the victim is resubmitted.
 INTERRUPT_RACE_SECONDS = 5.0
 CANCEL_RESEND_SECONDS = 1.0
+FULL_RECONCILE_EVERY = 15
+"""Probe intervals between full checks when the probes find nothing amiss."""
 
 
 class JobTracker:
@@ -318,11 +327,40 @@ class JobTracker:
                 )
 
     async def _reconcile_forever(self) -> None:
+        intervals = 0
         while True:
             await asyncio.sleep(self._interval)
+            intervals += 1
+            full = intervals % FULL_RECONCILE_EVERY == 0
             for backend in self.pool:
-                if backend.outstanding and backend.healthy:
+                if not (backend.outstanding and backend.healthy):
+                    continue
+                if full or await self._missing_some(backend):
                     await self._reconcile_quietly(backend)
+
+    def _held_by(self, backend: Backend) -> int:
+        """How many of the gateway's jobs ``backend`` should have queued or running."""
+        held = 0
+        for job_id in backend.outstanding:
+            job = self.registry.get(job_id)
+            if (
+                job is not None
+                and not job.terminal
+                and not job.collecting
+                and job.backend == backend.url
+                and job.submitted.is_set()
+            ):
+                held += 1
+        return held
+
+    async def _missing_some(self, backend: Backend) -> bool:
+        """True when ComfyUI holds fewer prompts than the gateway has jobs there."""
+        try:
+            remaining = await backend.client.queue_remaining()
+        except ComfyUIUnavailable as exc:
+            log.info("queue probe of %s failed: %s", backend.url, exc)
+            return False
+        return remaining < self._held_by(backend)
 
     async def reconcile(self, backend: Backend) -> None:
         """Bring every open job on ``backend`` in line with what ComfyUI knows."""
