@@ -33,6 +33,15 @@ def _stored_file(gateway: Gateway, key: str) -> Path:
     return root / key
 
 
+async def _until_running(stub: pb_grpc.GenerationServiceStub, job_id: str) -> None:
+    """Returns once the job reports its first sampler step."""
+    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id, after_sequence=0))
+    async for event in stream:
+        if event_kind(event) == "node_progress":
+            break
+    stream.cancel()
+
+
 async def test_text_to_image_succeeds_with_a_stored_png(
     stub: pb_grpc.GenerationServiceStub, gateway: Gateway
 ) -> None:
@@ -162,12 +171,7 @@ async def test_cancel_running_and_queued_jobs_leaves_others_alone(
     survivor = await stub.Generate(
         workflow_request(slow_workflow(steps=2, seconds_per_step=0.01, prefix="c")), timeout=10
     )
-    # Wait until the first job is really running.
-    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=running.job_id, after_sequence=0))
-    async for event in stream:
-        if event_kind(event) == "node_progress":
-            break
-    stream.cancel()
+    await _until_running(stub, running.job_id)
 
     cancelled_queued = await stub.CancelJob(pb.CancelJobRequest(job_id=queued.job_id), timeout=15)
     assert cancelled_queued.job.state == job_pb2.JOB_STATE_CANCELLED
@@ -400,11 +404,7 @@ async def test_a_prompt_deleted_behind_the_gateways_back_is_resubmitted(
     victim = await stub.Generate(
         workflow_request(slow_workflow(steps=2, seconds_per_step=0.01, prefix="b")), timeout=10
     )
-    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=blocker.job_id, after_sequence=0))
-    async for event in stream:
-        if event_kind(event) == "node_progress":
-            break
-    stream.cancel()
+    await _until_running(stub, blocker.job_id)
     # Another ComfyUI client removes the waiting prompt; ComfyUI tells nobody.
     async with httpx.AsyncClient() as http:
         answer = await http.post(f"{simulator.url}/queue", json={"delete": [victim.job_id]})

@@ -4,6 +4,12 @@ the artifact store answers, NOT_SERVING otherwise.
 Three names are published: ``""`` (overall), the GenerationService name
 (same), and ``liveness``, which stays SERVING while the process runs so a
 ComfyUI outage never restarts the gateway.
+
+Backends report their sockets opening and closing at once (``nudge``); the
+store has no such signal and is asked every ``STORE_CHECK_SECONDS``. Each
+check is an S3 HeadBucket, a millisecond or two of botocore work on the
+event loop that every relayed progress event behind it waits for, and a
+billed request on AWS; a kubelet probing every 10 s gains nothing from more.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 LIVENESS_SERVICE = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+STORE_CHECK_SECONDS = 10.0
 
 
 class HealthMonitor:
@@ -32,7 +39,7 @@ class HealthMonitor:
         store: ArtifactStore,
         service_name: str,
         *,
-        interval_seconds: float = 2.0,
+        interval_seconds: float = STORE_CHECK_SECONDS,
     ) -> None:
         self.servicer = servicer
         self.pool = pool

@@ -203,6 +203,33 @@ async def _checked_messages(iterator: Any, context: Any) -> AsyncIterator[Any]:
         yield item
 
 
+class _Accounted:
+    """One call: in flight at the gate (if counted), then timed and counted by code."""
+
+    __slots__ = ("_context", "_gate", "_handled", "_name", "_seconds", "_start")
+
+    def __init__(
+        self, name: str, context: Any, gate: DrainGate | None, seconds: Any, handled: Any
+    ) -> None:
+        self._name = name
+        self._context = context
+        self._gate = gate
+        self._seconds = seconds
+        self._handled = handled
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        if self._gate is not None:
+            self._gate.enter()
+        self._start = time.perf_counter()
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if self._gate is not None:
+            self._gate.leave()
+        self._seconds.observe(time.perf_counter() - self._start)
+        self._handled.labels(self._name, _code_of(self._context, error)).inc()
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Metrics, drain accounting and undecodable-request refusal around every call.
 
@@ -237,32 +264,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: Handler, name: str, counted: bool) -> Handler:
         seconds = self.metrics.rpc_seconds.labels(name)
         handled = self.metrics.rpc_handled
-        gate = self.gate
+        gate = self.gate if counted else None
         request_streaming = bool(handler.request_streaming)
 
-        def finish(start: float, context: Any, error: BaseException | None) -> None:
-            if counted:
-                gate.leave()
-            seconds.observe(time.perf_counter() - start)
-            handled.labels(name, _code_of(context, error)).inc()
+        async def admit(request: Any, context: Any) -> Any:
+            """The request to hand on; an undecodable one is refused here."""
+            if request_streaming:
+                return _checked_messages(request, context)
+            if isinstance(request, _Undecodable):
+                await _refuse_undecodable(context, request)
+            return request
 
         def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: Any) -> Any:
-                start = time.perf_counter()
-                if counted:
-                    gate.enter()
-                error: BaseException | None = None
-                try:
-                    if request_streaming:
-                        request = _checked_messages(request, context)
-                    elif isinstance(request, _Undecodable):
-                        await _refuse_undecodable(context, request)
-                    return await behaviour(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(start, context, error)
+                with _Accounted(name, context, gate, seconds, handled):
+                    return await behaviour(await admit(request, context), context)
 
             return call
 
@@ -272,22 +288,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return unary(behaviour)
 
             async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-                start = time.perf_counter()
-                if counted:
-                    gate.enter()
-                error: BaseException | None = None
-                try:
-                    if request_streaming:
-                        request = _checked_messages(request, context)
-                    elif isinstance(request, _Undecodable):
-                        await _refuse_undecodable(context, request)
-                    async for item in behaviour(request, context):
+                with _Accounted(name, context, gate, seconds, handled):
+                    async for item in behaviour(await admit(request, context), context):
                         yield item
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(start, context, error)
 
             return call
 
