@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
         stored: dict[str, Any] = json.loads((args.out / "results.json").read_text())
+        stored["notes"] = notes(stored)
         stored["targets"] = report.targets(stored)
         render(args.out, stored)
         print((args.out / "results.md").read_text())
@@ -198,6 +199,9 @@ def notes(results: dict[str, Any]) -> list[str]:
         "Artifact MB/s are 10^6 bytes per second of wall time for the whole copy; the "
         "gateway's time includes the download from /view, which a plain upload does not "
         "have, and the job's manifest (see the phases column).",
+        "Ratios near a target move across it from run to run on these shared cores; "
+        "bench/README.md (Where the targets stand) lists the last full runs side by side "
+        "and explains what is not met and why.",
     ]
     if results.get("gateway_pythonpath"):
         out.append(
