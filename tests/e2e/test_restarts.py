@@ -94,6 +94,7 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
             while (event := await stream.read()) is not grpc.aio.EOF:
                 rest.append(event)
             assert event_kind(rest[-1]) == "succeeded"
-        assert await gateway.wait() == 0
+        code = await gateway.wait()
+        assert code == 0, "".join(gateway.lines[-60:])
     finally:
         await gateway.kill()

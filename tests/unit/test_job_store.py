@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
+import pytest
 from comfyui_grpc.jobs import events as ev
 from comfyui_grpc.jobs.job import Job, JobSpec
 from comfyui_grpc.jobs.log import RESTART_SEQUENCE_GAP
-from comfyui_grpc.jobs.model import Artifact, JobKind, JobState, OutputFile
+from comfyui_grpc.jobs.model import Artifact, JobFailure, JobKind, JobState, OutputFile
 from comfyui_grpc.state import SqliteJobStore
 from comfyui_grpc.workflows import TextToImageParams, text_to_image_graph
 
@@ -99,3 +102,40 @@ async def test_forget_removes_a_job(tmp_path: Path) -> None:
     await store.forget(JOB_ID)
     assert await store.load(JOB_ID) is None
     await store.close()
+
+
+async def test_close_waits_for_a_write_already_on_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the connection under a running write crashed the process on SIGTERM."""
+    store = SqliteJobStore(tmp_path / "state.db", flush_interval_seconds=3600)
+    await store.open()
+    entered, release = threading.Event(), threading.Event()
+    real_write = store._write
+
+    def held_write(*args: list[tuple[object, ...]]) -> None:
+        entered.set()
+        release.wait(30)
+        real_write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write", held_write)
+    job = _job()
+    store.track(job)
+    job.started()
+    job.failed(
+        JobFailure(reason="EXECUTION_ERROR", message="stopped")
+    )  # a terminal event flushes at once
+    assert await asyncio.to_thread(entered.wait, 30)
+    closing = asyncio.create_task(store.close())
+    # Not a synchronisation: close must still be waiting when this times out.
+    done, _ = await asyncio.wait({closing}, timeout=0.5)
+    assert not done, "close() returned while a write was still running"
+    release.set()
+    await closing
+
+    reopened = SqliteJobStore(tmp_path / "state.db")
+    await reopened.open()
+    loaded = await reopened.load(JOB_ID)
+    assert loaded is not None
+    assert loaded.state is JobState.FAILED
+    await reopened.close()

@@ -12,7 +12,6 @@ is safe to submit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -94,6 +93,7 @@ class SqliteJobStore(JobStore):
         self._dirty: dict[str, Job] = {}
         self._events: list[ev.Event] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self._wakeup = asyncio.Event()
 
     # -- thread side ---------------------------------------------------------------
@@ -117,26 +117,36 @@ class SqliteJobStore(JobStore):
             db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in stale])
         self._db = db
 
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection; callers hold ``_lock``, so ``close`` cannot pull it away."""
+        if self._db is None:
+            raise sqlite3.ProgrammingError(f"job store {self.path} is closed")
+        return self._db
+
     def _write(
         self, jobs: list[tuple[str, str, str, float, str]], events: list[tuple[str, int, str]]
     ) -> None:
-        assert self._db is not None
-        with self._lock, self._db:
-            self._db.executemany(
+        with self._lock, self._connection() as db:
+            db.executemany(
                 "INSERT INTO jobs (job_id, request_id, state, updated, record) "
                 "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, "
                 "updated = excluded.updated, record = excluded.record",
                 jobs,
             )
-            self._db.executemany(
+            db.executemany(
                 "INSERT OR REPLACE INTO events (job_id, sequence, record) VALUES (?, ?, ?)", events
             )
 
     def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, str]]:
-        assert self._db is not None
         with self._lock:
-            return list(self._db.execute(sql, args))
+            return list(self._connection().execute(sql, args))
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _load_sync(self, job_id: str, record: str) -> Job:
         rows = self._query(
@@ -149,18 +159,24 @@ class SqliteJobStore(JobStore):
 
     async def open(self) -> None:
         await asyncio.to_thread(self._connect)
+        self._closing = False
         self._flusher = asyncio.create_task(self._flush_forever(), name="job store flusher")
 
     async def close(self) -> None:
+        """Writes what is pending, then closes the database.
+
+        The flusher is asked to stop rather than cancelled: a write already
+        handed to the worker thread cannot be called back, and closing the
+        connection under it crashed the process.
+        """
         task, self._flusher = self._flusher, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._closing = True
+            self._wakeup.set()
+            await task
         if self._db is not None:
             await self.flush()
-            db, self._db = self._db, None
-            db.close()
+            await asyncio.to_thread(self._close_sync)
 
     def _on_event(self, job: Job, event: ev.Event) -> None:
         self._events.append(event)
@@ -184,7 +200,7 @@ class SqliteJobStore(JobStore):
         await asyncio.to_thread(self._write, jobs, events)
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._closing:
             await within(self._wakeup.wait(), self.flush_interval)
             self._wakeup.clear()
             try:
@@ -201,10 +217,9 @@ class SqliteJobStore(JobStore):
         self._events = [e for e in self._events if e.job_id != job_id]
 
         def delete() -> None:
-            assert self._db is not None
-            with self._lock, self._db:
-                self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-                self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            with self._lock, self._connection() as db:
+                db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
         await asyncio.to_thread(delete)
 
