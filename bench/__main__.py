@@ -187,8 +187,9 @@ def notes(results: dict[str, Any]) -> list[str]:
         "Submission: each cell (variant x callers x run) has a fresh simulator and server; "
         "a gate prompt keeps the simulator's worker busy, so submitted prompts wait in its "
         "queue as in front of a busy GPU and only the submission path is measured.",
-        "Every httpx pool uses the gateway's own limits (64 connections, 32 kept alive); "
-        "httpx's pool costs CPU in proportion to its open connections.",
+        "The floor and direct post through the gateway's own ComfyUI pool (8 connections, "
+        "calls admitted only when one is free): httpx's pool costs CPU in proportion to "
+        "its waiting requests times its connections.",
         "Progress delays are send-to-receive on one clock (CLOCK_MONOTONIC is shared by "
         "all processes): the simulator stamps each progress frame as it writes it to the "
         "socket, the client stamps it as it is decoded. All subscribers live in one client "

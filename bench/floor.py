@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import httpx
 import websockets
 from comfyui_grpc import heap
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
 from google.protobuf import json_format
+
+from .pool import ComfyUIPool
 
 END = None
 
@@ -39,13 +40,7 @@ class FloorServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, comfyui_url: str) -> None:
         self.url = comfyui_url.rstrip("/")
         self.client_id = f"bench-floor-{uuid.uuid4().hex}"
-        self.http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=30.0,
-            # The gateway's own ComfyUI client settings (comfyui/client.py DEFAULT_LIMITS).
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            trust_env=False,
-        )
+        self.http = ComfyUIPool(self.url)
         self.subscribers: dict[str, set[asyncio.Queue[pb.ProgressEvent | None]]] = defaultdict(set)
         self.sequence = 0
         self.connected = asyncio.Event()
@@ -59,9 +54,7 @@ class FloorServicer(pb_grpc.GenerationServiceServicer):
         body = (
             f'{{"prompt": {graph}, "client_id": "{self.client_id}", "prompt_id": "{prompt_id}"}}'
         ).encode()
-        response = await self.http.post(
-            "/prompt", content=body, headers={"Content-Type": "application/json"}
-        )
+        response = await self.http.post("/prompt", body)
         if response.status_code != 200:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, response.text[:200])
         return pb.GenerateResponse(job_id=prompt_id, state=job_pb2.JOB_STATE_QUEUED)

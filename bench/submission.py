@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 
 from . import servers, workloads
 from .common import ChildFailed, Children, log, median, percentile, thin
+from .pool import ComfyUIPool
 
 LEVELS = (1, 16, 64)
 CALL_TIMEOUT = 30.0
@@ -161,13 +163,7 @@ def grpc_call(target: Target, address: str, request: pb.GenerateRequest) -> None
 
 
 def http_client(target: Target) -> httpx.AsyncClient:
-    """One pooled httpx client with the gateway's own ComfyUI pool settings.
-
-    (httpx's pool spends CPU per request in proportion to its open
-    connections; with 64 kept-alive connections a client process saturates
-    at about 110 calls/s here, so every httpx pool in the benchmark uses the
-    gateway's limits: 64 connections, 32 kept alive.)
-    """
+    """The load generator's client for the HTTP peers: one connection per caller."""
     client = httpx.AsyncClient(
         timeout=CALL_TIMEOUT,
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
@@ -209,12 +205,14 @@ async def build_target(
         grpc_call(target, server.target, workloads.workflow_request(graph))
         target.rss = server.child.rss_kib
     elif variant == "direct":
-        client = http_client(target)
+        # The gateway's own ComfyUI pool: API_CONNECTIONS connections, calls gated to match.
+        pool = ComfyUIPool(sim.url)
+        target.closers.append(pool.aclose)
         client_id = f"bench-direct-{uuid.uuid4().hex}"
 
         async def direct() -> None:
             body = {"prompt": graph, "client_id": client_id, "prompt_id": str(uuid.uuid4())}
-            response = await client.post(f"{sim.url}/prompt", json=body)
+            response = await pool.post("/prompt", json.dumps(body).encode())
             if response.status_code != 200:
                 raise RuntimeError(f"/prompt answered {response.status_code}")
 
