@@ -33,7 +33,8 @@ class Settings:
     dns_refresh_seconds: float = 10.0
     """How often discovered host names are resolved again."""
     backend_lost_after_seconds: float = 15.0
-    """A backend unreachable this long loses its jobs: waiting ones move elsewhere."""
+    """A backend unreachable this long loses its jobs: waiting ones move elsewhere
+    (or, with no other backend up, wait for it); running ones fail."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
     """Prometheus ``/metrics`` port; -1 turns the endpoint off, 0 picks a free port."""
@@ -152,7 +153,8 @@ OPTIONS: tuple[Option, ...] = (
         "COMFYUI_GRPC_BACKEND_LOST_AFTER_SECONDS",
         "backend_lost_after_seconds",
         float,
-        "seconds a backend may be unreachable before its waiting jobs move (default 15)",
+        "seconds a backend may be unreachable before its jobs move or fail; with no "
+        "other backend up, waiting jobs wait for it (default 15)",
     ),
     Option(
         "--metrics-host",

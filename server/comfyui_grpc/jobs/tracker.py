@@ -68,6 +68,8 @@ class JobTracker:
         self._interval = reconcile_interval_seconds
         self._locks: dict[str, asyncio.Lock] = {}
         self._loss_timers: dict[str, asyncio.Task[None]] = {}
+        # Prompts cancelled while their backend was unreachable, to delete on return.
+        self._deletes_owed: dict[str, set[str]] = {}
         # Loops and timers that never end by themselves, kept apart from the
         # per-job work a graceful shutdown waits for.
         self.background = TaskSet("job tracker")
@@ -277,10 +279,24 @@ class JobTracker:
         timer = self._loss_timers.pop(backend.url, None)
         if timer is not None:
             timer.cancel()
+        owed = self._deletes_owed.pop(backend.url, None)
+        if owed:
+            self.tasks.spawn(
+                self._delete_quietly(backend, sorted(owed)), f"deletes owed to {backend.url}"
+            )
         # Messages sent while we had no socket are gone; after a gateway
         # restart the jobs it adopted are unknown too. Ask ComfyUI.
         if backend.outstanding:
             self.tasks.spawn(self._reconcile_quietly(backend), f"reconcile {backend.url}")
+
+    async def _delete_quietly(self, backend: Backend, prompt_ids: list[str]) -> None:
+        """Drop prompts cancelled while ``backend`` was unreachable from its queue."""
+        try:
+            await backend.client.delete_pending(prompt_ids)
+        except ComfyUIUnavailable as exc:
+            log.warning(
+                "could not drop %d cancelled prompts from %s: %s", len(prompt_ids), backend.url, exc
+            )
 
     async def _reconcile_quietly(self, backend: Backend) -> None:
         try:
@@ -301,19 +317,34 @@ class JobTracker:
         finally:
             if self._loss_timers.get(backend.url) is asyncio.current_task():
                 del self._loss_timers[backend.url]
-        if not backend.healthy:
-            self.backend_lost(backend, "stayed unreachable")
+        if not backend.healthy and self.backend_lost(
+            backend, "stayed unreachable", may_return=True
+        ):
+            self.on_disconnect(backend)  # decide again for the jobs it kept
 
-    def backend_lost(self, backend: Backend, why: str) -> None:
-        """Move a lost backend's waiting jobs elsewhere; fail (or retry) its running ones."""
+    def backend_lost(self, backend: Backend, why: str, *, may_return: bool = False) -> int:
+        """Move a lost backend's waiting jobs elsewhere; fail (or retry) its running ones.
+
+        With no other backend up, a backend that ``may_return`` keeps the jobs
+        that would move: ComfyUI restarting (models loading) outlasts the
+        grace period, and failing every waiting job for it helps nobody. Once
+        it is back, reconciliation finds them and resubmits what it lost.
+        Returns how many jobs it kept.
+        """
+        stranded = may_return and not any(b.url != backend.url for b in self.pool.healthy)
+        kept = 0
         for job_id in list(backend.outstanding):
             job = self.registry.get(job_id)
             if job is None or job.terminal or job.collecting or job.backend != backend.url:
                 continue
+            movable = job.state is JobState.QUEUED or job.spec.retry_on_backend_loss
+            if movable and stranded and not job.cancel_requested:
+                kept += 1
+                continue
             backend.outstanding.discard(job_id)
             if job.cancel_requested:
                 self._finish_cancelled(job)
-            elif job.state is JobState.QUEUED or job.spec.retry_on_backend_loss:
+            elif movable:
                 log.warning(
                     "moving job off lost backend %s",
                     backend.url,
@@ -325,6 +356,15 @@ class JobTracker:
                 self.fail_lost(
                     job, f"ComfyUI at {backend.url} {why} while running the job; submit it again"
                 )
+        if kept:
+            log.warning(
+                "ComfyUI at %s %s and no other backend is up: %d jobs wait for one",
+                backend.url,
+                why,
+                kept,
+                extra={"backend": backend.url},
+            )
+        return kept
 
     async def _reconcile_forever(self) -> None:
         intervals = 0
@@ -409,6 +449,14 @@ class JobTracker:
     async def cancel(self, job: Job, budget_seconds: float) -> None:
         backend = self.pool.get(job.backend)
         if backend is None or job.terminal:
+            return
+        if job.state is JobState.QUEUED and not backend.healthy:
+            # Nothing can be asked of it now. A ComfyUI that restarted has
+            # forgotten the prompt; one that was only cut off is told to drop it
+            # when it is back.
+            self._deletes_owed.setdefault(backend.url, set()).add(job.job_id)
+            backend.outstanding.discard(job.job_id)
+            self._finish_cancelled(job)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_seconds
