@@ -290,9 +290,11 @@ class JobTracker:
             self.tasks.spawn(self._reconcile_quietly(backend), f"reconcile {backend.url}")
 
     async def _delete_quietly(self, backend: Backend, prompt_ids: list[str]) -> None:
-        """Drop prompts cancelled while ``backend`` was unreachable from its queue."""
+        """Drop prompts cancelled while ``backend`` was unreachable (interrupt any it started)."""
         try:
             await backend.client.delete_pending(prompt_ids)
+            for prompt_id in prompt_ids:
+                await backend.client.interrupt(prompt_id)
         except ComfyUIUnavailable as exc:
             log.warning(
                 "could not drop %d cancelled prompts from %s: %s", len(prompt_ids), backend.url, exc
@@ -450,18 +452,21 @@ class JobTracker:
         backend = self.pool.get(job.backend)
         if backend is None or job.terminal:
             return
-        if job.state is JobState.QUEUED and not backend.healthy:
-            # Nothing can be asked of it now. A ComfyUI that restarted has
-            # forgotten the prompt; one that was only cut off is told to drop it
-            # when it is back.
-            self._deletes_owed.setdefault(backend.url, set()).add(job.job_id)
-            backend.outstanding.discard(job.job_id)
-            self._finish_cancelled(job)
-            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_seconds
         if job.state is JobState.QUEUED:
-            await backend.client.delete_pending([job.job_id])
+            try:
+                await backend.client.delete_pending([job.job_id])
+            except ComfyUIUnavailable:
+                if backend.healthy:
+                    raise
+                # Unreachable (its jobs may be waiting for it): a ComfyUI that
+                # restarted has forgotten the prompt, one that was only cut off
+                # is told to drop it when it is back.
+                self._deletes_owed.setdefault(backend.url, set()).add(job.job_id)
+                backend.outstanding.discard(job.job_id)
+                self._finish_cancelled(job)
+                return
             await self.reconcile(backend)
         while not job.terminal and job.state is JobState.RUNNING:
             self._last_interrupt[backend.url] = time.monotonic()
