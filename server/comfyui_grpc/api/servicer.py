@@ -239,20 +239,28 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def UploadInput(
         self, request_iterator: AsyncIterator[pb.UploadInputRequest], context: Ctx
     ) -> pb.UploadInputResponse:
+        # A malformed stream is answered once the client has sent all of it:
+        # a grpcio asyncio client still writing when the server answers reports
+        # INTERNAL instead of the server's status (grpc/grpc#36066). Only an
+        # upload over the size limit is cut short.
         metadata: pb.UploadInputMetadata | None = None
+        problem: InvalidArgument | None = None
         size = 0
+        first = True
         with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
             async for part in request_iterator:
-                if metadata is None:
-                    if part.WhichOneof("part") != "metadata":
-                        raise InvalidArgument(
-                            "the first UploadInput message must carry metadata",
-                            [FieldViolation("metadata", "required in the first message")],
-                        )
-                    metadata = part.metadata
-                    continue
-                if part.WhichOneof("part") != "chunk":
-                    raise InvalidArgument(
+                kind = part.WhichOneof("part")
+                if first:
+                    first = False
+                    if kind == "metadata":
+                        metadata = part.metadata
+                        continue
+                    problem = InvalidArgument(
+                        "the first UploadInput message must carry metadata",
+                        [FieldViolation("metadata", "required in the first message")],
+                    )
+                elif kind != "chunk" and problem is None:
+                    problem = InvalidArgument(
                         "only the first UploadInput message may carry metadata",
                         [FieldViolation("metadata", "allowed in the first message only")],
                     )
@@ -263,7 +271,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         [FieldViolation("chunk", f"at most {MAX_UPLOAD_BYTES} bytes in total")],
                         reason="UPLOAD_TOO_LARGE",
                     )
-                spool.write(part.chunk)
+                if problem is None:
+                    spool.write(part.chunk)
+            if problem is not None:
+                raise problem
             if metadata is None:
                 raise InvalidArgument(
                     "the upload was empty: send metadata, then the file's bytes",
