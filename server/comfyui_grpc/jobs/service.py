@@ -252,13 +252,21 @@ class JobService:
             log.warning("could not withdraw prompt %s from %s", prompt_id, backend.url)
 
     async def _resubmit(self, job: Job, lost_backend: str) -> None:
-        """Submit a job again on another backend after its own was lost."""
+        """Submit a job again on another backend after its own was lost.
+
+        ``submitted`` is clear meanwhile, as for a first submission: the job is
+        in its new backend's books before ComfyUI has it, and a reconciliation
+        in that window must not take it for lost and submit it a second time.
+        """
+        job.submitted.clear()
         try:
             await self._dispatch(job, exclude=frozenset({lost_backend}))
         except GatewayError as exc:
             self.tracker.fail_lost(
                 job, f"its backend {lost_backend} was lost and resubmitting failed: {exc}"
             )
+        finally:
+            job.submitted.set()
 
     # -- lookups -------------------------------------------------------------------
 

@@ -408,16 +408,23 @@ class JobTracker:
         """Bring every open job on ``backend`` in line with what ComfyUI knows."""
         lock = self._locks.setdefault(backend.url, asyncio.Lock())
         async with lock:
+            # Each with its submission count: a job handed to ComfyUI again
+            # after ``queue`` was read is not in it, and is not lost.
             jobs = [
-                j
+                (j, j.attempts)
                 for j in (self.registry.get(pid) for pid in list(backend.outstanding))
                 if j is not None and not j.terminal and j.submitted.is_set() and not j.collecting
             ]
             if not jobs:
                 return
             queue = await backend.client.queue()
-            for job in jobs:
-                if job.terminal or job.collecting or job.backend != backend.url:
+            for job, attempts in jobs:
+                if (
+                    job.terminal
+                    or job.collecting
+                    or job.backend != backend.url
+                    or job.attempts != attempts
+                ):
                     continue
                 if job.job_id in queue.running:
                     job.started()
@@ -426,7 +433,7 @@ class JobTracker:
                     job.queued(queue.position(job.job_id), backend.url)
                     continue
                 entry = await backend.client.history(job.job_id)
-                if job.terminal or job.collecting:
+                if job.terminal or job.collecting or job.attempts != attempts:
                     continue
                 if entry is not None:
                     job.collecting = True
