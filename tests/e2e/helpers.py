@@ -54,6 +54,18 @@ def event_kind(event: pb.ProgressEvent) -> str:
     return event.WhichOneof("event") or ""
 
 
+async def until_event(
+    stub: pb_grpc.GenerationServiceStub, job_id: str, kind: str
+) -> pb.ProgressEvent:
+    """Follow the job from its start to its first event of ``kind``."""
+    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id, after_sequence=0))
+    async for event in stream:
+        if event_kind(event) == kind:
+            stream.cancel()
+            return event
+    raise AssertionError(f"the job ended before a {kind!r} event")
+
+
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     status = rpc_status.from_call(error)
     assert status is not None, "no rich status details"

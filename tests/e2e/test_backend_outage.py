@@ -20,7 +20,7 @@ from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
 from testkit import gateway_settings
 
-from .helpers import event_kind, slow_workflow, workflow_request
+from .helpers import slow_workflow, until_event, workflow_request
 
 
 class _Said(logging.Handler):
@@ -36,15 +36,6 @@ class _Said(logging.Handler):
             self.left -= 1
             if self.left <= 0:
                 self.reached.set()
-
-
-async def _wait_started(stub: pb_grpc.GenerationServiceStub, job_id: str) -> None:
-    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id, after_sequence=0))
-    async for event in stream:
-        if event_kind(event) == "started":
-            stream.cancel()
-            return
-    raise AssertionError("the job ended before it started")
 
 
 async def _state(stub: pb_grpc.GenerationServiceStub, job_id: str) -> job_pb2.Job:
@@ -68,7 +59,7 @@ async def test_waiting_jobs_outlast_an_outage_of_the_only_backend(
             running = await stub.Generate(
                 workflow_request(slow_workflow(400, 0.05, "block")), timeout=10
             )
-            await _wait_started(stub, running.job_id)
+            await until_event(stub, running.job_id, "started")
             kept, cancelled = [
                 (
                     await stub.Generate(

@@ -15,17 +15,7 @@ from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
 from support.gateway_process import GatewayProcess
 
-from .helpers import collect, event_kind, slow_workflow, workflow_request
-
-
-async def _wait_running(stub: pb_grpc.GenerationServiceStub, job_id: str) -> int:
-    """Follow the job until a sampler step was reported; return that event's sequence."""
-    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id, after_sequence=0))
-    async for event in stream:
-        if event_kind(event) == "node_progress":
-            stream.cancel()
-            return event.sequence
-    raise AssertionError("the job ended before it reported progress")
+from .helpers import collect, event_kind, slow_workflow, until_event, workflow_request
 
 
 async def test_sigkill_mid_job_then_restart_finishes_the_job_once(
@@ -38,7 +28,7 @@ async def test_sigkill_mid_job_then_restart_finishes_the_job_once(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
             stub = pb_grpc.GenerationServiceStub(channel)
             job_id = (await stub.Generate(request, timeout=10)).job_id
-            seen = await _wait_running(stub, job_id)
+            seen = (await until_event(stub, job_id, "node_progress")).sequence
         first.signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
     finally:
@@ -81,7 +71,7 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
             job_id = (
                 await stub.Generate(workflow_request(slow_workflow(40, 0.03)), timeout=10)
             ).job_id
-            await _wait_running(stub, job_id)
+            await until_event(stub, job_id, "node_progress")
             stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id))
             first = await stream.read()
             assert event_kind(first) == "snapshot"

@@ -22,7 +22,7 @@ from comfyui_grpc.v1 import job_pb2
 from support.s3 import ACCESS_KEY, SECRET_KEY, FaultProxy, MotoServer, sync_client
 from testkit import gateway_settings
 
-from .helpers import event_kind, slow_workflow, small_image, workflow_request
+from .helpers import slow_workflow, small_image, until_event, workflow_request
 
 BUCKET = "comfyui-outputs"
 PREFIX = "prod"
@@ -156,15 +156,6 @@ async def _proxied_gateway(
     return gw, proxy
 
 
-async def _until_uploading(stub: pb_grpc.GenerationServiceStub, job_id: str) -> None:
-    stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id, after_sequence=0))
-    async for event in stream:
-        if event_kind(event) == "uploading":
-            stream.cancel()
-            return
-    raise AssertionError("the job never reached UPLOADING")
-
-
 @pytest.mark.parametrize(("max_attempts", "recovers"), [(8, True), (2, False)])
 async def test_store_outage_during_upload(
     simulator: Simulator, moto: str, tmp_path: Path, max_attempts: int, recovers: bool
@@ -181,7 +172,7 @@ async def test_store_outage_during_upload(
             )
             job_id = simulator_done.job_id
             proxy.go_down()
-            await _until_uploading(stub, job_id)
+            await until_event(stub, job_id, "uploading")
             await asyncio.wait_for(retries.seen.wait(), 30)
             if recovers:
                 proxy.go_up()
