@@ -9,11 +9,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from comfyui_grpc.app import Gateway
+from comfyui_grpc.comfyui.messages import Executing
 from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
 from support.gateway_process import GatewayProcess
+from testkit import gateway_settings
 
 from .helpers import collect, event_kind, slow_workflow, until_event, workflow_request
 
@@ -88,3 +91,29 @@ async def test_sigterm_drains_open_streams_then_exits_zero(
         assert code == 0, "".join(gateway.lines[-60:])
     finally:
         await gateway.kill()
+
+
+async def test_a_socket_message_during_shutdown_is_ignored(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A job's last message can arrive after the job service closed; it used to
+    raise out of the socket task and abort the rest of the shutdown."""
+    gw = Gateway(gateway_settings(tmp_path, simulator.url))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            job_id = (
+                await stub.Generate(workflow_request(slow_workflow(400, 0.05)), timeout=10)
+            ).job_id
+            await until_event(stub, job_id, "started")
+        await gw.service.close()
+        (backend,) = gw.pool
+        gw.service.tracker.on_message(backend, Executing(prompt_id=job_id, node=None))
+        await gw.service.tracker.on_connect(backend, first=False)
+        job = gw.service.registry.get(job_id)
+        assert job is not None
+        assert not job.terminal  # left for the next start to reconcile
+    finally:
+        await gw.stop(grace=0)

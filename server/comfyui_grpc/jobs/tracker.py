@@ -157,7 +157,9 @@ class JobTracker:
     # -- socket messages ----------------------------------------------------------
 
     def on_message(self, backend: Backend, message: m.Message) -> None:
-        if isinstance(message, m.Status):
+        # Once the job service is closed (shutting down) sockets may still
+        # deliver a message or two; the next start reconciles with ComfyUI.
+        if isinstance(message, m.Status) or self.tasks.closed:
             return
         job = self._job_on(backend, getattr(message, "prompt_id", None))
         if job is None:
@@ -276,6 +278,8 @@ class JobTracker:
     # -- reconciliation -----------------------------------------------------------
 
     async def on_connect(self, backend: Backend, first: bool) -> None:
+        if self.tasks.closed:
+            return
         timer = self._loss_timers.pop(backend.url, None)
         if timer is not None:
             timer.cancel()
