@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .api.servicer import GenerationServicer
+from .api.wire_checks import generate_request_check
 from .backends import Backend, BackendPool
 from .backends.discovery import Discovery, Resolver, resolve_all
 from .config import Settings
@@ -161,7 +162,14 @@ class Gateway:
                 self._add_backend(url)
         await self.service.start()
 
-        interceptors: list[grpc.aio.ServerInterceptor] = [CallInterceptor(self.metrics, self.gate)]
+        checks = {
+            f"/{SERVICE_NAME}/Generate": generate_request_check(
+                self.settings.max_workflow_nodes, self.settings.max_workflow_bytes
+            )
+        }
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            CallInterceptor(self.metrics, self.gate, request_checks=checks)
+        ]
         if tokens:
             interceptors.append(
                 TokenAuthInterceptor(tokens, (health.SERVICE_NAME, reflection.SERVICE_NAME))
@@ -173,6 +181,7 @@ class Gateway:
                 InputUploader(self.pool),
                 metrics=self.metrics,
                 max_workflow_nodes=self.settings.max_workflow_nodes,
+                max_workflow_bytes=self.settings.max_workflow_bytes,
             ),
             server,
         )

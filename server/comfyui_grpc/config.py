@@ -55,6 +55,8 @@ class Settings:
     """Finished jobs kept in memory; older ones are answered from their manifest."""
     max_workflow_nodes: int = 2000
     """Raw workflows with more nodes are refused."""
+    max_workflow_bytes: int = 8 * 1024 * 1024
+    """Raw workflows larger than this (encoded) are refused before they are converted."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC request message accepted."""
     reconcile_interval_seconds: float = 2.0
@@ -220,6 +222,13 @@ OPTIONS: tuple[Option, ...] = (
         "max_workflow_nodes",
         int,
         "largest raw workflow accepted, in nodes (default 2000)",
+    ),
+    Option(
+        "--max-workflow-bytes",
+        "COMFYUI_GRPC_MAX_WORKFLOW_BYTES",
+        "max_workflow_bytes",
+        int,
+        "largest raw workflow accepted, in bytes (default 8 MiB)",
     ),
     Option(
         "--max-message-bytes",
