@@ -27,6 +27,7 @@ from .observability.health import HealthMonitor
 from .observability.interceptors import CallInterceptor, DrainGate, TokenAuthInterceptor
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
+from .redact import redact_url
 from .state import open_job_store
 from .storage import ArtifactStore, make_store
 from .tasks import TaskSet
@@ -43,6 +44,18 @@ def read_tokens(settings: Settings) -> list[str]:
         text = Path(settings.auth_token_file).read_text()
         tokens += [line.strip() for line in text.splitlines() if line.strip()]
     return tokens
+
+
+def comfyui_headers(settings: Settings) -> dict[str, str]:
+    """Headers for every ComfyUI request and handshake: ``--comfyui-header``,
+    and the token of ``--comfyui-token-file`` as ``Authorization: Bearer``."""
+    headers = dict(settings.comfyui_headers)
+    if settings.comfyui_token_file:
+        token = Path(settings.comfyui_token_file).read_text().strip()
+        if not token or "\n" in token:
+            raise ValueError(f"{settings.comfyui_token_file} must hold one token")
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -105,6 +118,7 @@ class Gateway:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks = TaskSet("gateway")
+        self._comfyui_headers: dict[str, str] = {}
         self._stopped = False
 
     def _options(self) -> list[tuple[str, Any]]:
@@ -129,7 +143,11 @@ class Gateway:
             tracker.on_disconnect(backend)
 
         backend = Backend(
-            url, on_message=tracker.on_message, on_connect=connected, on_disconnect=disconnected
+            url,
+            on_message=tracker.on_message,
+            on_connect=connected,
+            on_disconnect=disconnected,
+            headers=self._comfyui_headers,
         )
         self.pool.add(backend)
         backend.start()
@@ -144,7 +162,7 @@ class Gateway:
             raise
 
     async def _remove_backend(self, url: str) -> None:
-        backend = self.pool.remove(url)
+        backend = self.pool.remove(redact_url(url))  # the pool knows backends by public name
         if backend is not None:
             self.service.tracker.backend_lost(backend, "left DNS")
             await backend.close()
@@ -153,6 +171,7 @@ class Gateway:
     async def _start(self) -> None:
         credentials = server_credentials(self.settings)
         tokens = read_tokens(self.settings)
+        self._comfyui_headers = comfyui_headers(self.settings)
         await self.store.start()
         if self.discovery is not None:
             await self.discovery.refresh()

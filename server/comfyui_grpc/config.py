@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .redact import redact_url
 from .storage import StorageSettings, add_storage_arguments, storage_settings_from_args
 
 DEFAULT_PORT = 50051
@@ -26,8 +28,12 @@ class Settings:
     """Address the gRPC server binds."""
     port: int = DEFAULT_PORT
     """gRPC port; 0 picks a free one."""
-    comfyui_urls: tuple[str, ...] = (DEFAULT_COMFYUI_URL,)
-    """ComfyUI base URLs, one per backend."""
+    comfyui_urls: tuple[str, ...] = field(default=(DEFAULT_COMFYUI_URL,), repr=False)
+    """ComfyUI base URLs, one per backend (may carry credentials: kept out of repr)."""
+    comfyui_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Headers sent to ComfyUI on every request and WebSocket handshake (credentials)."""
+    comfyui_token_file: str = ""
+    """File with a bearer token for ComfyUI, sent as ``Authorization: Bearer <token>``."""
     comfyui_dns_discovery: bool = False
     """Re-resolve each URL's host name to all its addresses (a headless Service)."""
     dns_refresh_seconds: float = 10.0
@@ -83,6 +89,10 @@ class Settings:
                 )
             elif f.name == "auth_tokens":
                 result[f.name] = f"{len(value)} token(s) ***" if value else "none"
+            elif f.name == "comfyui_urls":
+                result[f.name] = tuple(redact_url(url) for url in value)
+            elif f.name == "comfyui_headers":
+                result[f.name] = tuple(f"{name}: ***" for name, _ in value)
             else:
                 result[f.name] = value
         return result
@@ -105,6 +115,25 @@ def _urls(text: str) -> tuple[str, ...]:
     if not urls:
         raise argparse.ArgumentTypeError("at least one ComfyUI URL is needed")
     return urls
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _headers(text: str) -> tuple[tuple[str, str], ...]:
+    """``Name: value`` headers, one per line."""
+    headers: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.match(name) or not value:
+            raise argparse.ArgumentTypeError(f"{name[:40]!r}...: must be 'Name: value'")
+        headers.append((name, value))
+    if not headers:
+        raise argparse.ArgumentTypeError("must be 'Name: value'")
+    return tuple(headers)
 
 
 def _tokens(text: str) -> tuple[str, ...]:
@@ -134,7 +163,23 @@ OPTIONS: tuple[Option, ...] = (
         "COMFYUI_GRPC_COMFYUI_URLS",
         "comfyui_urls",
         _urls,
-        f"ComfyUI base URL; repeat or comma-separate for several (default {DEFAULT_COMFYUI_URL})",
+        "ComfyUI base URL; repeat or comma-separate for several; user:password@ in it is "
+        f"sent, never shown (default {DEFAULT_COMFYUI_URL})",
+    ),
+    Option(
+        "--comfyui-header",
+        "COMFYUI_GRPC_COMFYUI_HEADERS",
+        "comfyui_headers",
+        _headers,
+        "header sent to ComfyUI on every request and the WebSocket, 'Name: value'; repeat for "
+        "several (the variable: one per line); never logged",
+    ),
+    Option(
+        "--comfyui-token-file",
+        "COMFYUI_GRPC_COMFYUI_TOKEN_FILE",
+        "comfyui_token_file",
+        str,
+        "file with a token sent to ComfyUI as 'Authorization: Bearer <token>'",
     ),
     Option(
         "--comfyui-dns-discovery",
@@ -269,14 +314,16 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+_REPEATED = ("comfyui_urls", "comfyui_headers")
+"""Options whose flag may be given several times, each adding to the list."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"dest": option.attr, "help": f"{option.help} [{option.env}]"}
-        if option.attr == "comfyui_urls":
+        kwargs["type"] = option.parse
+        if option.attr in _REPEATED:
             kwargs["action"] = "append"
-            kwargs["type"] = _urls
-        else:
-            kwargs["type"] = option.parse
         parser.add_argument(option.flag, **kwargs)
     add_storage_arguments(parser)
 
@@ -297,7 +344,7 @@ def settings_from_args(
                 raise SystemExit(f"comfyui-grpc: {option.env}={raw_env!r}: {exc}") from None
         flag_value = getattr(args, option.attr, None)
         if flag_value is not None:
-            if option.attr == "comfyui_urls":
+            if option.attr in _REPEATED:
                 flag_value = tuple(u for group in flag_value for u in group)
             values[option.attr] = flag_value
     try:
