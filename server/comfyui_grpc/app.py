@@ -205,9 +205,10 @@ class Gateway:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         address = f"{self.settings.host}:{self.settings.port}"
         if credentials is None:
             self.port = server.add_insecure_port(address)
@@ -221,7 +222,8 @@ class Gateway:
         self.server = server
         if self.settings.metrics_port >= 0:
             self.metrics_server = MetricsServer(self.metrics.registry)
-            await self.metrics_server.start(self.settings.metrics_host, self.settings.metrics_port)
+            metrics_host = self.settings.metrics_host or self.settings.host  # where gRPC binds
+            await self.metrics_server.start(metrics_host, self.settings.metrics_port)
         log.info(
             "gRPC server listening on %s (port %d, %s, %s)",
             address,

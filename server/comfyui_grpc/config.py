@@ -41,9 +41,14 @@ class Settings:
     backend_lost_after_seconds: float = 15.0
     """A backend unreachable this long loses its jobs: waiting ones move elsewhere
     (or, with no other backend up, wait for it); running ones fail."""
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = ""
+    """Address ``/metrics`` binds; empty: the gRPC ``host``."""
     metrics_port: int = DEFAULT_METRICS_PORT
     """Prometheus ``/metrics`` port; -1 turns the endpoint off, 0 picks a free port."""
+    insecure: bool = False
+    """``serve`` may bind a non-loopback address with no auth and no TLS."""
+    reflection: bool = True
+    """Serve gRPC reflection (the API's schema, which is public: grpcurl needs no protos)."""
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     """Bearer tokens accepted; none means no authentication."""
     auth_token_file: str = ""
@@ -105,6 +110,8 @@ class Option:
     attr: str
     parse: Callable[[str], Any]
     help: str
+    switch: bool = False
+    """A boolean flag taking no value (``--name`` / ``--no-name``)."""
 
 
 def _urls(text: str) -> tuple[str, ...]:
@@ -156,7 +163,13 @@ def _log_format(text: str) -> str:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--host", "COMFYUI_GRPC_HOST", "host", str, "address to bind (default 0.0.0.0)"),
+    Option(
+        "--host",
+        "COMFYUI_GRPC_HOST",
+        "host",
+        str,
+        "address to bind (default 0.0.0.0 for serve, 127.0.0.1 for dev)",
+    ),
     Option("--port", "COMFYUI_GRPC_PORT", "port", int, f"gRPC port (default {DEFAULT_PORT})"),
     Option(
         "--comfyui-url",
@@ -208,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
         "COMFYUI_GRPC_METRICS_HOST",
         "metrics_host",
         str,
-        "address /metrics binds (default 0.0.0.0)",
+        "address /metrics binds (default: the gRPC --host)",
     ),
     Option(
         "--metrics-port",
@@ -216,6 +229,22 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_port",
         int,
         f"Prometheus /metrics port; -1 disables (default {DEFAULT_METRICS_PORT})",
+    ),
+    Option(
+        "--insecure",
+        "COMFYUI_GRPC_INSECURE",
+        "insecure",
+        _flag,
+        "let serve bind a non-loopback address with no auth and no TLS (default false)",
+        switch=True,
+    ),
+    Option(
+        "--reflection",
+        "COMFYUI_GRPC_REFLECTION",
+        "reflection",
+        _flag,
+        "serve gRPC reflection, the API's public schema (default true)",
+        switch=True,
     ),
     Option(
         "--auth-token",
@@ -321,7 +350,10 @@ _REPEATED = ("comfyui_urls", "comfyui_headers")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"dest": option.attr, "help": f"{option.help} [{option.env}]"}
-        kwargs["type"] = option.parse
+        if option.switch:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = option.parse
         if option.attr in _REPEATED:
             kwargs["action"] = "append"
         parser.add_argument(option.flag, **kwargs)
