@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .api.servicer import GenerationServicer
+from .api.wire_checks import generate_request_check
 from .backends import Backend, BackendPool
 from .backends.discovery import Discovery, Resolver, resolve_all
 from .config import Settings
@@ -26,6 +27,7 @@ from .observability.health import HealthMonitor
 from .observability.interceptors import CallInterceptor, DrainGate, TokenAuthInterceptor
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
+from .redact import redact_url
 from .state import open_job_store
 from .storage import ArtifactStore, make_store
 from .tasks import TaskSet
@@ -42,6 +44,18 @@ def read_tokens(settings: Settings) -> list[str]:
         text = Path(settings.auth_token_file).read_text()
         tokens += [line.strip() for line in text.splitlines() if line.strip()]
     return tokens
+
+
+def comfyui_headers(settings: Settings) -> dict[str, str]:
+    """Headers for every ComfyUI request and handshake: ``--comfyui-header``,
+    and the token of ``--comfyui-token-file`` as ``Authorization: Bearer``."""
+    headers = dict(settings.comfyui_headers)
+    if settings.comfyui_token_file:
+        token = Path(settings.comfyui_token_file).read_text().strip()
+        if not token or "\n" in token:
+            raise ValueError(f"{settings.comfyui_token_file} must hold one token")
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -104,6 +118,7 @@ class Gateway:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks = TaskSet("gateway")
+        self._comfyui_headers: dict[str, str] = {}
         self._stopped = False
 
     def _options(self) -> list[tuple[str, Any]]:
@@ -128,7 +143,11 @@ class Gateway:
             tracker.on_disconnect(backend)
 
         backend = Backend(
-            url, on_message=tracker.on_message, on_connect=connected, on_disconnect=disconnected
+            url,
+            on_message=tracker.on_message,
+            on_connect=connected,
+            on_disconnect=disconnected,
+            headers=self._comfyui_headers,
         )
         self.pool.add(backend)
         backend.start()
@@ -143,7 +162,7 @@ class Gateway:
             raise
 
     async def _remove_backend(self, url: str) -> None:
-        backend = self.pool.remove(url)
+        backend = self.pool.remove(redact_url(url))  # the pool knows backends by public name
         if backend is not None:
             self.service.tracker.backend_lost(backend, "left DNS")
             await backend.close()
@@ -152,6 +171,7 @@ class Gateway:
     async def _start(self) -> None:
         credentials = server_credentials(self.settings)
         tokens = read_tokens(self.settings)
+        self._comfyui_headers = comfyui_headers(self.settings)
         await self.store.start()
         if self.discovery is not None:
             await self.discovery.refresh()
@@ -161,7 +181,14 @@ class Gateway:
                 self._add_backend(url)
         await self.service.start()
 
-        interceptors: list[grpc.aio.ServerInterceptor] = [CallInterceptor(self.metrics, self.gate)]
+        checks = {
+            f"/{SERVICE_NAME}/Generate": generate_request_check(
+                self.settings.max_workflow_nodes, self.settings.max_workflow_bytes
+            )
+        }
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            CallInterceptor(self.metrics, self.gate, request_checks=checks)
+        ]
         if tokens:
             interceptors.append(
                 TokenAuthInterceptor(tokens, (health.SERVICE_NAME, reflection.SERVICE_NAME))
@@ -173,13 +200,15 @@ class Gateway:
                 InputUploader(self.pool),
                 metrics=self.metrics,
                 max_workflow_nodes=self.settings.max_workflow_nodes,
+                max_workflow_bytes=self.settings.max_workflow_bytes,
             ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         address = f"{self.settings.host}:{self.settings.port}"
         if credentials is None:
             self.port = server.add_insecure_port(address)
@@ -193,7 +222,8 @@ class Gateway:
         self.server = server
         if self.settings.metrics_port >= 0:
             self.metrics_server = MetricsServer(self.metrics.registry)
-            await self.metrics_server.start(self.settings.metrics_host, self.settings.metrics_port)
+            metrics_host = self.settings.metrics_host or self.settings.host  # where gRPC binds
+            await self.metrics_server.start(metrics_host, self.settings.metrics_port)
         log.info(
             "gRPC server listening on %s (port %d, %s, %s)",
             address,

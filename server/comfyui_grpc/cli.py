@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from . import __version__, heap, logs
 from .app import Gateway
 from .config import Settings, add_arguments, describe, settings_from_args
+from .exposure import exposure_problem
 
 log = logging.getLogger("comfyui_grpc")
 
@@ -51,7 +53,7 @@ def _print_banner(settings: Settings, port: int, comfyui: str) -> None:
     print(
         f"""
 comfyui-grpc {__version__} (dev) is ready.
-  gRPC       {target}   (reflection on: no proto files needed)
+  gRPC       {target}   (reflection {"on: no proto files needed" if settings.reflection else "off"})
   ComfyUI    {comfyui}   (simulator)
   artifacts  {settings.storage.local_dir if settings.storage.s3 is None else "s3"}
 
@@ -128,7 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "dev" and args.host is None and not os.environ.get("COMFYUI_GRPC_HOST"):
+        args.host = "127.0.0.1"  # a demo: never reachable from elsewhere unless asked
     settings = settings_from_args(args)
+    if args.command == "serve" and (problem := exposure_problem(settings)):
+        print(f"comfyui-grpc serve: error: {problem}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_format, settings.log_level)
     for line in describe(settings):
         log.info("setting %s", line)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .redact import redact_url
 from .storage import StorageSettings, add_storage_arguments, storage_settings_from_args
 
 DEFAULT_PORT = 50051
@@ -26,8 +28,12 @@ class Settings:
     """Address the gRPC server binds."""
     port: int = DEFAULT_PORT
     """gRPC port; 0 picks a free one."""
-    comfyui_urls: tuple[str, ...] = (DEFAULT_COMFYUI_URL,)
-    """ComfyUI base URLs, one per backend."""
+    comfyui_urls: tuple[str, ...] = field(default=(DEFAULT_COMFYUI_URL,), repr=False)
+    """ComfyUI base URLs, one per backend (may carry credentials: kept out of repr)."""
+    comfyui_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Headers sent to ComfyUI on every request and WebSocket handshake (credentials)."""
+    comfyui_token_file: str = ""
+    """File with a bearer token for ComfyUI, sent as ``Authorization: Bearer <token>``."""
     comfyui_dns_discovery: bool = False
     """Re-resolve each URL's host name to all its addresses (a headless Service)."""
     dns_refresh_seconds: float = 10.0
@@ -35,9 +41,14 @@ class Settings:
     backend_lost_after_seconds: float = 15.0
     """A backend unreachable this long loses its jobs: waiting ones move elsewhere
     (or, with no other backend up, wait for it); running ones fail."""
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = ""
+    """Address ``/metrics`` binds; empty: the gRPC ``host``."""
     metrics_port: int = DEFAULT_METRICS_PORT
     """Prometheus ``/metrics`` port; -1 turns the endpoint off, 0 picks a free port."""
+    insecure: bool = False
+    """``serve`` may bind a non-loopback address with no auth and no TLS."""
+    reflection: bool = True
+    """Serve gRPC reflection (the API's schema, which is public: grpcurl needs no protos)."""
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     """Bearer tokens accepted; none means no authentication."""
     auth_token_file: str = ""
@@ -55,6 +66,8 @@ class Settings:
     """Finished jobs kept in memory; older ones are answered from their manifest."""
     max_workflow_nodes: int = 2000
     """Raw workflows with more nodes are refused."""
+    max_workflow_bytes: int = 8 * 1024 * 1024
+    """Raw workflows larger than this (encoded) are refused before they are converted."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC request message accepted."""
     reconcile_interval_seconds: float = 2.0
@@ -81,6 +94,10 @@ class Settings:
                 )
             elif f.name == "auth_tokens":
                 result[f.name] = f"{len(value)} token(s) ***" if value else "none"
+            elif f.name == "comfyui_urls":
+                result[f.name] = tuple(redact_url(url) for url in value)
+            elif f.name == "comfyui_headers":
+                result[f.name] = tuple(f"{name}: ***" for name, _ in value)
             else:
                 result[f.name] = value
         return result
@@ -93,6 +110,8 @@ class Option:
     attr: str
     parse: Callable[[str], Any]
     help: str
+    switch: bool = False
+    """A boolean flag taking no value (``--name`` / ``--no-name``)."""
 
 
 def _urls(text: str) -> tuple[str, ...]:
@@ -103,6 +122,25 @@ def _urls(text: str) -> tuple[str, ...]:
     if not urls:
         raise argparse.ArgumentTypeError("at least one ComfyUI URL is needed")
     return urls
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _headers(text: str) -> tuple[tuple[str, str], ...]:
+    """``Name: value`` headers, one per line."""
+    headers: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.match(name) or not value:
+            raise argparse.ArgumentTypeError(f"{name[:40]!r}...: must be 'Name: value'")
+        headers.append((name, value))
+    if not headers:
+        raise argparse.ArgumentTypeError("must be 'Name: value'")
+    return tuple(headers)
 
 
 def _tokens(text: str) -> tuple[str, ...]:
@@ -125,14 +163,36 @@ def _log_format(text: str) -> str:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--host", "COMFYUI_GRPC_HOST", "host", str, "address to bind (default 0.0.0.0)"),
+    Option(
+        "--host",
+        "COMFYUI_GRPC_HOST",
+        "host",
+        str,
+        "address to bind (default 0.0.0.0 for serve, 127.0.0.1 for dev)",
+    ),
     Option("--port", "COMFYUI_GRPC_PORT", "port", int, f"gRPC port (default {DEFAULT_PORT})"),
     Option(
         "--comfyui-url",
         "COMFYUI_GRPC_COMFYUI_URLS",
         "comfyui_urls",
         _urls,
-        f"ComfyUI base URL; repeat or comma-separate for several (default {DEFAULT_COMFYUI_URL})",
+        "ComfyUI base URL; repeat or comma-separate for several; user:password@ in it is "
+        f"sent, never shown (default {DEFAULT_COMFYUI_URL})",
+    ),
+    Option(
+        "--comfyui-header",
+        "COMFYUI_GRPC_COMFYUI_HEADERS",
+        "comfyui_headers",
+        _headers,
+        "header sent to ComfyUI on every request and the WebSocket, 'Name: value'; repeat for "
+        "several (the variable: one per line); never logged",
+    ),
+    Option(
+        "--comfyui-token-file",
+        "COMFYUI_GRPC_COMFYUI_TOKEN_FILE",
+        "comfyui_token_file",
+        str,
+        "file with a token sent to ComfyUI as 'Authorization: Bearer <token>'",
     ),
     Option(
         "--comfyui-dns-discovery",
@@ -161,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
         "COMFYUI_GRPC_METRICS_HOST",
         "metrics_host",
         str,
-        "address /metrics binds (default 0.0.0.0)",
+        "address /metrics binds (default: the gRPC --host)",
     ),
     Option(
         "--metrics-port",
@@ -169,6 +229,22 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_port",
         int,
         f"Prometheus /metrics port; -1 disables (default {DEFAULT_METRICS_PORT})",
+    ),
+    Option(
+        "--insecure",
+        "COMFYUI_GRPC_INSECURE",
+        "insecure",
+        _flag,
+        "let serve bind a non-loopback address with no auth and no TLS (default false)",
+        switch=True,
+    ),
+    Option(
+        "--reflection",
+        "COMFYUI_GRPC_REFLECTION",
+        "reflection",
+        _flag,
+        "serve gRPC reflection, the API's public schema (default true)",
+        switch=True,
     ),
     Option(
         "--auth-token",
@@ -222,6 +298,13 @@ OPTIONS: tuple[Option, ...] = (
         "largest raw workflow accepted, in nodes (default 2000)",
     ),
     Option(
+        "--max-workflow-bytes",
+        "COMFYUI_GRPC_MAX_WORKFLOW_BYTES",
+        "max_workflow_bytes",
+        int,
+        "largest raw workflow accepted, in bytes (default 8 MiB)",
+    ),
+    Option(
         "--max-message-bytes",
         "COMFYUI_GRPC_MAX_MESSAGE_BYTES",
         "max_message_bytes",
@@ -260,14 +343,19 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+_REPEATED = ("comfyui_urls", "comfyui_headers")
+"""Options whose flag may be given several times, each adding to the list."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"dest": option.attr, "help": f"{option.help} [{option.env}]"}
-        if option.attr == "comfyui_urls":
-            kwargs["action"] = "append"
-            kwargs["type"] = _urls
+        if option.switch:
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = option.parse
+        if option.attr in _REPEATED:
+            kwargs["action"] = "append"
         parser.add_argument(option.flag, **kwargs)
     add_storage_arguments(parser)
 
@@ -288,7 +376,7 @@ def settings_from_args(
                 raise SystemExit(f"comfyui-grpc: {option.env}={raw_env!r}: {exc}") from None
         flag_value = getattr(args, option.attr, None)
         if flag_value is not None:
-            if option.attr == "comfyui_urls":
+            if option.attr in _REPEATED:
                 flag_value = tuple(u for group in flag_value for u in group)
             values[option.attr] = flag_value
     try:

@@ -20,19 +20,31 @@ from .v1 import generation_service_pb2 as pb
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 
 
+def _bad_part(part: str) -> bool:
+    """A path part that is empty, only dots and spaces (``" .."`` reads as, and on
+    Windows becomes, ``..``), padded with spaces, or over 255 bytes."""
+    return part.strip(". ") == "" or part != part.strip() or len(part.encode()) > 255
+
+
 def _check_name(field: str, value: str, *, allow_slash: bool) -> None:
     parts = value.replace("\\", "/").split("/")
     bad = (
         not value.isprintable()
         or value.startswith(("/", "\\"))
-        or any(part.strip(".") == "" or len(part.encode()) > 255 for part in parts)
+        or any(_bad_part(part) for part in parts)
         or (not allow_slash and len(parts) > 1)
     )
     if bad:
         raise InvalidArgument(
-            f"{field} {value[:80]!r} is not allowed: no directories, dot-only names, "
-            "control characters or parts over 255 bytes",
-            [FieldViolation(f"metadata.{field}", "a plain name; each part 1-255 bytes, not dots")],
+            f"{field} {value[:80]!r} is not allowed: {'' if allow_slash else 'no directories, '}"
+            "no names of only dots and spaces, no spaces around a name, no control "
+            "characters, no parts over 255 bytes",
+            [
+                FieldViolation(
+                    f"metadata.{field}",
+                    "a plain name; each part 1-255 bytes, not only dots, no surrounding spaces",
+                )
+            ],
         )
 
 

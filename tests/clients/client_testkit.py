@@ -1,8 +1,8 @@
-"""Test parts for the client tests: a TCP proxy that can cut connections, an
-auth proxy that checks bearer tokens over TLS, certificates, workflows.
+"""Test parts for the client tests: a TCP proxy that can cut connections, the
+gateway with its own tokens and TLS, certificates, workflows.
 
-The proxies sit between a real client and the real gateway; they exist so a
-test can break the network (or demand credentials) at an exact moment.
+The proxy sits between a real client and the real gateway; it exists so a
+test can break the network at an exact moment.
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
+from comfyui_grpc.app import Gateway
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 try:  # pytest imports tests/conftest.py as `conftest` while tests/ is no package
-    from testkit import require_tool
+    from testkit import gateway_settings, require_tool
 except ImportError:  # pragma: no cover - tests/ became a package
-    from tests.conftest import require_tool
+    from tests.testkit import gateway_settings, require_tool
 
 __all__ = [
-    "AuthProxy",
     "Certificates",
     "CuttingProxy",
     "make_certificates",
     "require_tool",
+    "secured_gateway",
     "slow_workflow",
 ]
 
@@ -247,129 +247,39 @@ def make_certificates(server_name: str = "gateway.test") -> Certificates:
     )
 
 
-# Cardinality by method name: raw bytes are forwarded, so the proxy cannot
-# learn it from descriptors. Unlisted methods are unary.
-SERVER_STREAMING = {"StreamProgress", "ReadArtifact", "Watch"}
-CLIENT_STREAMING = {"UploadInput"}
-BIDI_STREAMING = {"ServerReflectionInfo"}
+def _write_token(directory: Path, token: str) -> Path:
+    """Small-file write for async tests (kept out of the coroutine for the linter)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "tokens"
+    path.write_text(token + "\n")
+    return path
 
 
-class AuthProxy:
-    """A gRPC front that demands ``authorization: Bearer <token>`` (and, with
-    certificates, TLS or mutual TLS) and forwards raw messages to the gateway,
-    as an auth sidecar in front of it would."""
-
-    def __init__(
-        self,
-        upstream: str,
-        token: str,
-        certificates: Certificates | None = None,
-        require_client_cert: bool = False,
-    ) -> None:
-        self.upstream = upstream
-        self.token = token
-        self.certificates = certificates
-        self.require_client_cert = require_client_cert
-        self.seen_authorization: list[str] = []
-        self.port = 0
-        self._server: grpc.aio.Server | None = None
-        self._channel: grpc.aio.Channel | None = None
-
-    async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.upstream)
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((_Forwarder(self),))
-        if self.certificates is None:
-            self.port = server.add_insecure_port("127.0.0.1:0")
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(self.certificates.server_key, self.certificates.server_cert)],
-                root_certificates=self.certificates.ca if self.require_client_cert else None,
-                require_client_auth=self.require_client_cert,
-            )
-            self.port = server.add_secure_port("127.0.0.1:0", creds)
-        await server.start()
-        self._server = server
-
-    async def close(self) -> None:
-        if self._server is not None:
-            await self._server.stop(0)
-        if self._channel is not None:
-            await self._channel.close()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def check(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
-        self.seen_authorization.extend(str(v) for v in values)
-        if values != [f"Bearer {self.token}"]:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-    def channel(self) -> Any:
-        """The upstream channel, untyped: it carries raw bytes for any method."""
-        assert self._channel is not None
-        return self._channel
-
-
-class _Forwarder(grpc.GenericRpcHandler):
-    def __init__(self, proxy: AuthProxy) -> None:
-        self.proxy = proxy
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method: str = details.method
-        name = method.rsplit("/", 1)[-1]
-        proxy = self.proxy
-        Ctx = grpc.aio.ServicerContext[Any, Any]
-
-        async def relay(context: Ctx, call: Any) -> AsyncIterator[bytes]:
-            try:
-                async for item in call:
-                    yield item
-            except grpc.aio.AioRpcError as exc:
-                await context.abort(
-                    exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ())
-                )
-
-        async def answer(context: Ctx, call: Any) -> bytes:
-            try:
-                result: bytes = await call
-            except grpc.aio.AioRpcError as exc:
-                await context.abort(
-                    exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ())
-                )
-            return result
-
-        if name in BIDI_STREAMING:
-
-            async def bidi(requests: AsyncIterator[bytes], context: Ctx) -> AsyncIterator[bytes]:
-                await proxy.check(context)
-                async for item in relay(context, proxy.channel().stream_stream(method)(requests)):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(bidi)
-        if name in CLIENT_STREAMING:
-
-            async def upload(requests: AsyncIterator[bytes], context: Ctx) -> bytes:
-                await proxy.check(context)
-                return await answer(context, proxy.channel().stream_unary(method)(requests))
-
-            return grpc.stream_unary_rpc_method_handler(upload)
-        if name in SERVER_STREAMING:
-
-            async def stream(request: bytes, context: Ctx) -> AsyncIterator[bytes]:
-                await proxy.check(context)
-                async for item in relay(context, proxy.channel().unary_stream(method)(request)):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(stream)
-
-        async def unary(request: bytes, context: Ctx) -> bytes:
-            await proxy.check(context)
-            return await answer(context, proxy.channel().unary_unary(method)(request))
-
-        return grpc.unary_unary_rpc_method_handler(unary)
+@contextlib.asynccontextmanager
+async def secured_gateway(
+    comfyui_url: str,
+    directory: Path,
+    *,
+    token: str,
+    certificates: Certificates | None = None,
+    require_client_cert: bool = False,
+) -> AsyncIterator[Gateway]:
+    """The gateway itself with its own bearer-token check and, with
+    ``certificates``, its own TLS (mutual with ``require_client_cert``)."""
+    token_file = _write_token(directory, token)
+    options: dict[str, object] = {"auth_token_file": str(token_file)}
+    if certificates is not None:
+        paths = certificates.write(directory)
+        options.update(tls_cert=str(paths["server_cert"]), tls_key=str(paths["server_key"]))
+        if require_client_cert:
+            options["tls_client_ca"] = str(paths["ca"])
+    gateway = Gateway(gateway_settings(directory, comfyui_url, **options))
+    await gateway.start()
+    try:
+        assert await gateway.wait_backends(10.0), "the gateway never connected to ComfyUI"
+        yield gateway
+    finally:
+        await gateway.stop(grace=0)
 
 
 async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

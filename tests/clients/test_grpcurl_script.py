@@ -1,5 +1,5 @@
 """clients/grpcurl/try.sh run with the real grpcurl binary: plaintext against
-the gateway, and TLS + bearer token through an auth front."""
+the gateway, and against the gateway with its own TLS and bearer token."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import re
 from pathlib import Path
 
-from client_testkit import AuthProxy, make_certificates, require_tool, running
+from client_testkit import make_certificates, require_tool, secured_gateway
 from comfyui_grpc.app import Gateway
+from comfyui_grpc.simulator import Simulator
 
 SCRIPT = Path(__file__).resolve().parents[2] / "clients" / "grpcurl" / "try.sh"
 
@@ -58,19 +59,22 @@ async def test_try_sh_plaintext(gateway: Gateway, tmp_path: Path) -> None:
     check_walkthrough(code, output, gateway, out)
 
 
-async def test_try_sh_with_tls_and_a_token(gateway: Gateway, tmp_path: Path) -> None:
+async def test_try_sh_with_tls_and_a_token(simulator: Simulator, tmp_path: Path) -> None:
     certs = make_certificates("gateway.test")
     paths = certs.write(tmp_path)
-    proxy = AuthProxy(f"127.0.0.1:{gateway.port}", token="tok-123", certificates=certs)
-    async with running(proxy):
+    async with secured_gateway(
+        simulator.url, tmp_path / "gw", token="tok-123", certificates=certs
+    ) as gateway:
+        target = f"127.0.0.1:{gateway.port}"
         out = tmp_path / "out"
-        code, output = await try_sh(
-            proxy.target,
-            out,
-            COMFYUI_GRPC_CA_CERT=str(paths["ca"]),
-            COMFYUI_GRPC_SERVER_NAME="gateway.test",
-            COMFYUI_GRPC_TOKEN="tok-123",
-        )
+        tls = {
+            "COMFYUI_GRPC_CA_CERT": str(paths["ca"]),
+            "COMFYUI_GRPC_SERVER_NAME": "gateway.test",
+        }
+        code, output = await try_sh(target, out, COMFYUI_GRPC_TOKEN="tok-123", **tls)
         check_walkthrough(code, output, gateway, out)
         assert "tok-123" not in output  # the token never appears on a command line
-        assert set(proxy.seen_authorization) == {"Bearer tok-123"}
+        # The gateway's own check refuses the walkthrough with a wrong token.
+        code, output = await try_sh(target, tmp_path / "out2", COMFYUI_GRPC_TOKEN="nope", **tls)
+        assert code != 0
+        assert "Unauthenticated" in output

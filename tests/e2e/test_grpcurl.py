@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from comfyui_grpc.app import Gateway
-from testkit import require_tool
+from comfyui_grpc.simulator import Simulator
+from testkit import gateway_settings, require_tool
+
+from .test_operations import _certificates
 
 SERVICE = "comfyui_grpc.v1.GenerationService"
 
 
-async def grpcurl(gateway: Gateway, *args: str, data: str | None = None) -> tuple[int, str, str]:
+async def grpcurl(
+    gateway: Gateway, *args: str, data: str | None = None, flags: tuple[str, ...] = ("-plaintext",)
+) -> tuple[int, str, str]:
     binary = require_tool("grpcurl")
-    argv = [binary, "-plaintext", "-max-time", "60"]
+    argv = [binary, *flags, "-max-time", "60"]
     if data is not None:
         argv += ["-d", data]
     argv += [f"127.0.0.1:{gateway.port}", *args]
@@ -112,3 +118,47 @@ async def test_health_is_serving(gateway: Gateway, service: str) -> None:
     )
     assert code == 0, err
     assert json.loads(out)["status"] == "SERVING"
+
+
+async def test_token_and_tls_of_the_gateway_itself(simulator: Simulator, tmp_path: Path) -> None:
+    certs = _certificates(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("grpcurl-token\n")
+    settings = gateway_settings(
+        tmp_path,
+        simulator.url,
+        auth_token_file=str(tokens),
+        tls_cert=str(certs["server.crt"]),
+        tls_key=str(certs["server.key"]),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        assert await gateway.wait_backends(10)
+        tls = ("-cacert", str(certs["ca.crt"]), "-servername", "localhost")
+        token = ("-H", "authorization: Bearer grpcurl-token")
+        # Reflection and health stay open: no token needed.
+        code, out, err = await grpcurl(gateway, "list", flags=tls)
+        assert code == 0, err
+        assert SERVICE in out.split()
+        listing = json.dumps({"page_size": 1})
+        code, _out, err = await grpcurl(gateway, f"{SERVICE}/ListJobs", data=listing, flags=tls)
+        assert code != 0
+        assert "Unauthenticated" in err
+        assert "Bearer" in err
+        wrong = ("-H", "authorization: Bearer not-it")
+        code, _out, err = await grpcurl(
+            gateway, f"{SERVICE}/ListJobs", data=listing, flags=tls + wrong
+        )
+        assert "Unauthenticated" in err
+        code, out, err = await grpcurl(
+            gateway, f"{SERVICE}/ListJobs", data=listing, flags=tls + token
+        )
+        assert code == 0, err
+        # Plaintext to the TLS port gets nowhere, token or not.
+        code, _out, err = await grpcurl(
+            gateway, f"{SERVICE}/ListJobs", data=listing, flags=("-plaintext", *token)
+        )
+        assert code != 0
+    finally:
+        await gateway.stop(grace=0)

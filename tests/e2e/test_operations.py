@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -329,10 +330,13 @@ async def test_two_backends_share_load_and_a_dead_ones_queue_moves(
 
 
 async def test_dns_discovery_finds_every_address(tmp_path: Path) -> None:
+    # Credentials in the URL go to every address found, and show on none.
+    basic = "Basic " + base64.b64encode(b"user:pw").decode()
     first = Simulator(output_dir=tmp_path / "a", step_seconds=0.0)
     await first.start(host="127.0.0.1", port=0)
     second = Simulator(output_dir=tmp_path / "b", step_seconds=0.0)
     await second.start(host="127.0.0.2", port=first.port)
+    first.faults.required_authorization = second.faults.required_authorization = basic
     addresses = ["127.0.0.1", "127.0.0.2"]
 
     async def resolver(host: str, port: int) -> list[str]:
@@ -341,7 +345,7 @@ async def test_dns_discovery_finds_every_address(tmp_path: Path) -> None:
 
     settings = gateway_settings(
         tmp_path,
-        f"http://comfyui.test:{first.port}",
+        f"http://user:pw@comfyui.test:{first.port}",
         comfyui_dns_discovery=True,
         dns_refresh_seconds=3600,
     )

@@ -9,6 +9,7 @@ checked against the fields of the Prometheus Operator's CRD that the chart uses.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -62,6 +63,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "interval": "15s",
             }
         },
+    },
+    # Open on purpose: no auth, no TLS, no NetworkPolicies (something else protects it).
+    "open-insecure": {
+        "auth": {"enabled": False},
+        "gateway": {"insecure": True},
+        "networkPolicy": {"enabled": False},
     },
     # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, several
     # stateless gateways, an existing Secret, existing models claim, several GPU pods.
@@ -601,7 +608,12 @@ def test_default_gateway_follows_the_runtime_contract(render_chart: Any) -> None
     secret_env = env_of(gateway)
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert secret_env[var]["secretKeyRef"]["name"] == FULLNAME
-    assert "COMFYUI_GRPC_AUTH_TOKENS" not in secret_env
+    # Secure by default: a bearer token (generated into the chart's Secret) is required.
+    assert secret_env["COMFYUI_GRPC_AUTH_TOKENS"]["secretKeyRef"] == {
+        "name": FULLNAME,
+        "key": "auth-tokens",
+    }
+    assert "COMFYUI_GRPC_INSECURE" not in env
     # Native gRPC probes on the health service: "liveness" for liveness, "" for readiness.
     assert gateway["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     assert gateway["startupProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
@@ -627,7 +639,8 @@ def test_default_gateway_follows_the_runtime_contract(render_chart: Any) -> None
     assert rendered.get("PodDisruptionBudget", FULLNAME)["spec"]["maxUnavailable"] == 1
     assert rendered.find("ServiceMonitor", FULLNAME) is None
     assert rendered.find("Ingress", FULLNAME) is None
-    assert not rendered.of_kind("NetworkPolicy")
+    policies = {p["metadata"]["name"] for p in rendered.of_kind("NetworkPolicy")}
+    assert policies == {FULLNAME, f"{FULLNAME}-comfyui", f"{FULLNAME}-rustfs"}
 
 
 def test_default_service_exposes_grpc_and_metrics(render_chart: Any) -> None:
@@ -682,8 +695,37 @@ def test_default_rustfs_is_a_statefulset_sharing_the_gateway_credentials(render_
     ports = rendered.get("Service", name)["spec"]["ports"]
     assert [p["port"] for p in ports] == [9000]
     secret = rendered.get("Secret", FULLNAME)
-    assert set(secret["data"]) == {"s3-access-key-id", "s3-secret-access-key"}
+    assert set(secret["data"]) == {"s3-access-key-id", "s3-secret-access-key", "auth-tokens"}
     assert all(len(v) >= 20 for v in secret["data"].values())
+
+
+def test_auth_is_on_by_default_with_a_generated_token(helm_chart: Any, render_chart: Any) -> None:
+    def token(values: dict[str, Any]) -> str:
+        files = helm_chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        secret = Rendered(files).get("Secret", FULLNAME)
+        return base64.b64decode(secret["data"]["auth-tokens"]).decode()
+
+    first, second = token({}), token({})
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", first)
+    assert first != second  # generated per install (and read back from the cluster on upgrade)
+    assert token({"auth": {"tokens": ["one-token", "two-token"]}}) == "one-token,two-token"
+    template = (CHART_DIR / "templates" / "secret.yaml").read_text()
+    assert 'get $previous "auth-tokens"' in template
+
+
+def test_an_open_gateway_must_be_confirmed(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["open-insecure"])
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    assert configmap_env(rendered, gateway)["COMFYUI_GRPC_INSECURE"] == "true"
+    assert "COMFYUI_GRPC_AUTH_TOKENS" not in env_of(gateway)
+    assert "auth-tokens" not in rendered.get("Secret", FULLNAME)["data"]
+    assert not rendered.of_kind("NetworkPolicy")
+    # TLS alone is protection enough: no confirmation needed.
+    tls_only = render_chart(
+        {"auth": {"enabled": False}, "tls": {"enabled": True, "secretName": "gateway-tls"}}
+    )
+    tls_gateway = container(tls_only.get("Deployment", FULLNAME), "gateway")
+    assert "COMFYUI_GRPC_INSECURE" not in configmap_env(tls_only, tls_gateway)
 
 
 def test_external_s3_drops_rustfs(render_chart: Any) -> None:
@@ -706,7 +748,7 @@ def test_external_s3_without_keys_uses_the_default_credential_chain(render_chart
     rendered = render_chart({"rustfs": {"enabled": False}})
     gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
     assert "AWS_ACCESS_KEY_ID" not in env_of(gateway)
-    assert rendered.find("Secret", FULLNAME) is None
+    assert set(rendered.get("Secret", FULLNAME)["data"]) == {"auth-tokens"}
     assert "COMFYUI_GRPC_S3_ENDPOINT_URL" not in configmap_env(rendered, gateway)
 
 
@@ -814,7 +856,12 @@ def test_ha_set_uses_existing_secret_stateless_gateways_and_network_policies(
 def test_notes_show_grpcurl_commands(render_chart: Any) -> None:
     notes = render_chart({}).notes
     assert f"kubectl -n {NAMESPACE} port-forward service/{FULLNAME} 50051:50051" in notes
-    assert "grpcurl -plaintext localhost:50051 list" in notes
+    assert 'grpcurl -plaintext -H "authorization: Bearer $TOKEN" localhost:50051 list' in notes
+    assert f"TOKEN=$(kubectl -n {NAMESPACE} get secret {FULLNAME}" in notes
+    assert "A bearer token was generated" in notes
+    open_notes = render_chart(VALUE_SETS["open-insecure"]).notes
+    assert "grpcurl -plaintext localhost:50051 list" in open_notes
+    assert "TOKEN" not in open_notes
     assert "grpc.health.v1.Health/Check" in notes
     assert "comfyui_grpc.v1.GenerationService/Generate" in notes
     assert "comfyui_grpc.v1.GenerationService/StreamProgress" in notes
@@ -843,6 +890,8 @@ BAD_VALUES = [
     ({"externalComfyui": {"urls": ["comfyui:8188"]}}, ["/externalComfyui/urls/0"]),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, ["/metrics/serviceMonitor/interval"]),
     ({"auth": {"tokens": ["a,b"]}}, ["/auth/tokens/0"]),
+    ({"auth": {"enabled": False}, "ingress": {"enabled": True}}, ["/auth/enabled", "true"]),
+    ({"gateway": {"insecure": "yes"}}, ["/gateway/insecure", "got string, want boolean"]),
     ({"gateway": {"persistence": {"sizee": "1Gi"}}}, ["additional properties 'sizee'"]),
 ]
 
@@ -869,7 +918,7 @@ CONFLICTING_VALUES = [
     ({"externalComfyui": {"urls": ["http://x:8188"]}}, "set comfyui.enabled=false"),
     ({"s3": {"endpointUrl": "https://s3.example.com"}}, "set rustfs.enabled=false"),
     ({"s3": {"accessKeyId": "only-half"}}, "set both s3.accessKeyId and s3.secretAccessKey"),
-    ({"auth": {"enabled": True}}, "auth.enabled needs tokens"),
+    ({"auth": {"enabled": False}}, "set gateway.insecure=true to confirm"),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
     ({"gateway": {"podDisruptionBudget": {"minAvailable": 1}}}, "not both"),
 ]

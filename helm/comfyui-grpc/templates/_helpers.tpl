@@ -191,8 +191,8 @@ naming the values to change.
 {{- if and (not $v.existingSecret) (ne (empty $v.s3.accessKeyId) (empty $v.s3.secretAccessKey)) }}
 {{- fail "set both s3.accessKeyId and s3.secretAccessKey, or neither." }}
 {{- end }}
-{{- if and $v.auth.enabled (not $v.existingSecret) (not $v.auth.tokens) }}
-{{- fail "auth.enabled needs tokens: set auth.tokens, or existingSecret with the key auth-tokens." }}
+{{- if and (not $v.auth.enabled) (not $v.tls.enabled) (not $v.gateway.insecure) }}
+{{- fail "auth.enabled=false with tls.enabled=false serves the gRPC API to anyone who reaches it, and the gateway refuses to start that way: keep auth.enabled (the default), enable TLS, or set gateway.insecure=true to confirm." }}
 {{- end }}
 {{- if and $v.tls.enabled (not $v.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt for tls.clientAuth)." }}

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from ..errors import FieldViolation, InvalidArgument
 from ..jobs.job import JobSpec
@@ -24,6 +24,7 @@ from ..workflows import (
     video_graph,
     whole_numbers_to_int,
 )
+from ..workflows.graph import MAX_WORKFLOW_BYTES, too_large, too_many_bytes
 from ..workflows.templates import (
     DEFAULT_IMAGE_CHECKPOINT,
     DEFAULT_MOTION_MODULE,
@@ -113,7 +114,31 @@ def video_params(m: pb.Video) -> VideoParams:
     )
 
 
-def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: int) -> JobSpec:
+def _struct_graph(workflow: struct_pb2.Struct, *, max_nodes: int, max_bytes: int) -> dict[str, Any]:
+    """The workflow as a dict, its node count and size checked first:
+    converting a Struct costs far more than the Struct itself."""
+    if len(workflow.fields) > max_nodes:
+        raise too_large("workflow", len(workflow.fields), max_nodes)
+    size = workflow.ByteSize()
+    if size > max_bytes:
+        raise too_many_bytes("workflow", size, max_bytes)
+    try:
+        graph: dict[str, Any] = whole_numbers_to_int(json_format.MessageToDict(workflow))
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"workflow holds a value JSON cannot express: {exc}",
+            [FieldViolation("workflow", "numbers must be finite (no NaN or Infinity)")],
+        ) from exc
+    return graph
+
+
+def spec_from_request(
+    request: pb.GenerateRequest,
+    job_id: str,
+    *,
+    max_nodes: int,
+    max_bytes: int = MAX_WORKFLOW_BYTES,
+) -> JobSpec:
     """Build the job's spec, raising InvalidArgument with every violation found."""
     _check_envelope(request)
     which = request.WhichOneof("input")
@@ -130,17 +155,14 @@ def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: in
             field_map = VIDEO_FIELDS
         case "workflow":
             kind = JobKind.WORKFLOW
-            try:
-                graph = whole_numbers_to_int(json_format.MessageToDict(request.workflow))
-            except ValueError as exc:
-                raise InvalidArgument(
-                    f"workflow holds a value JSON cannot express: {exc}",
-                    [FieldViolation("workflow", "numbers must be finite (no NaN or Infinity)")],
-                ) from exc
+            graph = _struct_graph(request.workflow, max_nodes=max_nodes, max_bytes=max_bytes)
             validate_graph(graph, "workflow", max_nodes=max_nodes)
         case "workflow_json":
             kind = JobKind.WORKFLOW
-            graph = parse_workflow_json(request.workflow_json)
+            size = len(request.workflow_json.encode())
+            if size > max_bytes:
+                raise too_many_bytes("workflow_json", size, max_bytes)
+            graph = parse_workflow_json(request.workflow_json, max_nodes=max_nodes)
             validate_graph(graph, "workflow_json", max_nodes=max_nodes)
         case _:
             raise InvalidArgument(

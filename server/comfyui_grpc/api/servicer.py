@@ -28,6 +28,7 @@ from ..jobs.service import JobService
 from ..observability.metrics import Metrics
 from ..v1 import generation_service_pb2 as pb
 from ..v1 import generation_service_pb2_grpc as pb_grpc
+from ..workflows.graph import MAX_WORKFLOW_BYTES
 from . import convert
 from .requests import spec_from_request
 from .status import internal_status, to_status
@@ -145,16 +146,23 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         *,
         metrics: Metrics,
         max_workflow_nodes: int,
+        max_workflow_bytes: int = MAX_WORKFLOW_BYTES,
     ) -> None:
         self.metrics = metrics
         self.service = service
         self.uploader = uploader
         self.max_workflow_nodes = max_workflow_nodes
+        self.max_workflow_bytes = max_workflow_bytes
 
     @_guarded
     async def Generate(self, request: pb.GenerateRequest, context: Ctx) -> pb.GenerateResponse:
         job_id = str(uuid.uuid4())
-        spec = spec_from_request(request, job_id, max_nodes=self.max_workflow_nodes)
+        spec = spec_from_request(
+            request,
+            job_id,
+            max_nodes=self.max_workflow_nodes,
+            max_bytes=self.max_workflow_bytes,
+        )
         job, existing = await self.service.submit(spec, job_id=job_id)
         return pb.GenerateResponse(
             job_id=job.job_id,

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..comfyui.client import ComfyUIClient
 from ..comfyui.messages import Message
 from ..comfyui.socket import ComfyUISocket
+from ..redact import redact_url
 from ..tasks import within
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,11 @@ class Backend:
 
     ``healthy`` follows the socket: a backend we cannot hold a socket to gets
     no new jobs.
+
+    ``url`` is the backend's public name, its URL without user-info: it is
+    what jobs, responses, metrics and logs show. Only the client and the
+    socket hold the full URL, and ``headers`` (e.g. ``Authorization``), to
+    send them to ComfyUI.
     """
 
     def __init__(
@@ -35,18 +41,20 @@ class Backend:
         on_disconnect: Callable[[Backend], None] | None = None,
         client_id: str | None = None,
         deaf_after_seconds: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = redact_url(url.rstrip("/"))
         self.client_id = client_id or f"comfyui-grpc-{uuid.uuid4().hex}"
-        self.client = ComfyUIClient(self.url)
+        self.client = ComfyUIClient(url, headers=headers)
         self.outstanding: set[str] = set()
         # Jobs waiting in this backend's queue; may hold stale ids until the
         # next position update prunes them.
         self.waiting: set[str] = set()
         self._on_disconnect_cb = on_disconnect
         self.socket = ComfyUISocket(
-            self.url,
+            url.rstrip("/"),
             self.client_id,
+            headers=headers,
             on_message=lambda message: on_message(self, message),
             on_connect=lambda first: on_connect(self, first),
             on_disconnect=self._disconnected,

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
+from ..redact import redact_url
+
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -30,7 +32,9 @@ def with_address(url: str, address: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path.rstrip("/"), "", ""))
+    user_info, at, _ = parts.netloc.rpartition("@")  # credentials go to every address
+    netloc = f"{user_info}{at}{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 class Discovery:
@@ -66,10 +70,12 @@ class Discovery:
                 continue
             wanted |= {with_address(url, address) for address in addresses}
         for url in sorted(wanted - self.current):
-            log.info("discovered ComfyUI backend %s", url, extra={"backend": url})
+            shown = redact_url(url)
+            log.info("discovered ComfyUI backend %s", shown, extra={"backend": shown})
             self._add(url)
         for url in sorted(self.current - wanted):
-            log.warning("ComfyUI backend %s left DNS", url, extra={"backend": url})
+            shown = redact_url(url)
+            log.warning("ComfyUI backend %s left DNS", shown, extra={"backend": shown})
             await self._remove(url)
         self.current = wanted
 

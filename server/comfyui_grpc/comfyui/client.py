@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from ..redact import redact_url
 from .errors import ComfyUIUnavailable, ComfyUIValidationError
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -63,8 +64,16 @@ def _sort_key(item: list[Any]) -> tuple[float, int]:
 
 
 class ComfyUIClient:
-    def __init__(self, base_url: str, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        # Shown in messages without user-info; the pools send the full URL and headers.
+        self.base_url = redact_url(base_url.rstrip("/"))
+        self._target = (base_url.rstrip("/"), dict(headers or {}))
         self._api = self._pool(API_CONNECTIONS, timeout)
         self._api_slots = asyncio.Semaphore(API_CONNECTIONS)
         self._files = self._pool(FILE_CONNECTIONS, timeout)
@@ -72,7 +81,8 @@ class ComfyUIClient:
     def _pool(self, connections: int, timeout: httpx.Timeout) -> httpx.AsyncClient:
         # No Origin header: ComfyUI answers 403 to a loopback Origin that differs from Host.
         return httpx.AsyncClient(
-            base_url=self.base_url,
+            base_url=self._target[0],
+            headers=self._target[1],
             timeout=timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             trust_env=False,

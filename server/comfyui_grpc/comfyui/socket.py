@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from ..redact import redact_url
 from . import messages
 from .messages import Message
 
@@ -51,8 +52,11 @@ class ComfyUISocket:
         backoff_initial_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
         deaf_after_seconds: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.url = ws_url(base_url, client_id)
+        # Logged without user-info; the handshake sends the full URL and headers.
+        self._target = (ws_url(base_url, client_id), dict(headers or {}))
+        self.url = redact_url(self._target[0])
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -77,7 +81,8 @@ class ComfyUISocket:
         while True:
             try:
                 async with websockets.connect(
-                    self.url,
+                    self._target[0],
+                    additional_headers=self._target[1],
                     compression=None,
                     max_size=MAX_MESSAGE_BYTES,
                     open_timeout=5,

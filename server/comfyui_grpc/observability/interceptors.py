@@ -14,13 +14,13 @@ import asyncio
 import hmac
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ..api.status import to_status
-from ..errors import InvalidArgument, Unauthenticated, Unavailable
+from ..errors import GatewayError, InvalidArgument, Unauthenticated, Unavailable
 from ..tasks import within
 from .metrics import Metrics
 
@@ -72,11 +72,23 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     Tokens are compared in constant time; a missing or wrong token is
     UNAUTHENTICATED. Health and reflection stay open for probes and tools.
+
+    The check runs on the call's headers, before its message is read: a
+    refused call is answered by a handler that never reads nor decodes the
+    request (see :func:`_refusal`), so an unauthenticated caller cannot make
+    the gateway hold or parse megabytes.
     """
 
     def __init__(self, tokens: Iterable[str], open_services: Iterable[str]) -> None:
         self._tokens = [t.encode() for t in tokens if t]
         self._open = tuple(f"/{service}/" for service in open_services)
+        self._status = to_status(
+            Unauthenticated(
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+                reason="BAD_TOKEN",
+            )
+        )
+        self._refusals: dict[str, tuple[Handler, Handler]] = {}
 
     def _authorized(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
@@ -98,31 +110,38 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(self._open):
+        method = handler_call_details.method
+        if handler is None or method.startswith(self._open):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        return _refusal(
-            handler,
-            to_status(
-                Unauthenticated(
-                    "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
-                    reason="BAD_TOKEN",
-                )
-            ),
-        )
+        cached = self._refusals.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, _refusal(handler, self._status))
+            self._refusals[method] = cached
+        return cached[1]
+
+
+def _unread(data: bytes) -> None:
+    """The deserializer of a refused call: never parses (and is never reached)."""
 
 
 def _refusal(handler: Handler, status: grpc.Status) -> Handler:
-    """A handler of the same shape that only aborts with ``status``."""
+    """A handler that only aborts with ``status``, without reading the request.
 
-    def unary(_: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def refuse(request: Any, context: Any) -> Any:
-            await context.abort(status.code, status.details, status.trailing_metadata)
+    It is request-streaming whatever the method's shape: grpc.aio reads a
+    unary request whole (up to the message limit) and decodes it before the
+    behaviour runs, while a streaming one is read only when iterated, which
+    a refusal never does. The client cannot tell: it sees the status.
+    """
 
-        return refuse
+    async def refuse(request: Any, context: Any) -> Any:
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
-    return _rewrap(handler, unary, unary)
+    serialize = handler.response_serializer
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse, _unread, serialize)
+    return grpc.stream_unary_rpc_method_handler(refuse, _unread, serialize)
 
 
 class DrainGate:
@@ -166,40 +185,74 @@ class DrainGate:
             self._idle.set()
 
 
-class _Undecodable:
-    """Stands in for a request message that could not be decoded."""
+RequestCheck = Callable[[bytes], None]
+"""Looks at a request's bytes before they are decoded; raises a GatewayError to refuse."""
 
-    __slots__ = ("error",)
+OPEN_MESSAGE_BYTES = 64 * 1024
+"""Largest request an open (unauthenticated) service takes: health and
+reflection requests are a few bytes, and nobody may make the gateway decode
+megabytes without a token."""
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+
+class _Refused:
+    """Stands in for a request message that was not decoded: undecodable, or
+    refused by a check on its bytes."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: grpc.Status) -> None:
+        self.status = status
 
 
-async def _refuse_undecodable(context: Any, marker: _Undecodable) -> None:
-    status = to_status(
-        InvalidArgument(f"the request could not be decoded: {marker.error}", reason="UNDECODABLE")
-    )
+async def _refuse(context: Any, marker: _Refused) -> None:
+    status = marker.status
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def at_most(limit: int) -> RequestCheck:
+    """A check refusing requests larger than ``limit`` bytes, before decoding."""
+
+    def check(data: bytes) -> None:
+        if len(data) > limit:
+            raise InvalidArgument(
+                f"the request is {len(data)} bytes; this method takes at most {limit}",
+                reason="REQUEST_TOO_LARGE",
+            )
+
+    return check
+
+
+def _safe_deserializer(
+    deserialize: Callable[[bytes], Any], check: RequestCheck | None
+) -> Callable[[bytes], Any]:
     """grpc.aio answers UNKNOWN when a request fails to deserialize (bad bytes,
     invalid UTF-8, nesting beyond protobuf's limit); a marker lets the wrapper
-    answer INVALID_ARGUMENT instead."""
+    answer INVALID_ARGUMENT instead. ``check`` sees the bytes first, so a
+    request it refuses is never decoded."""
 
     def safe(data: bytes) -> Any:
         try:
+            if check is not None:
+                check(data)
             return deserialize(data)
+        except GatewayError as exc:
+            return _Refused(to_status(exc))
         except Exception as exc:
-            return _Undecodable(exc)
+            return _Refused(
+                to_status(
+                    InvalidArgument(
+                        f"the request could not be decoded: {exc}", reason="UNDECODABLE"
+                    )
+                )
+            )
 
     return safe
 
 
 async def _checked_messages(iterator: Any, context: Any) -> AsyncIterator[Any]:
     async for item in iterator:
-        if isinstance(item, _Undecodable):
-            await _refuse_undecodable(context, item)
+        if isinstance(item, _Refused):
+            await _refuse(context, item)
         yield item
 
 
@@ -231,18 +284,30 @@ class _Accounted:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Metrics, drain accounting and undecodable-request refusal around every call.
+    """Metrics, drain accounting and request checks around every call.
 
     Each call is timed and counted by method and final status code; calls
     outside the gate's exempt services are counted in flight, and refused
-    once the gate is closed; a request that cannot be decoded is refused
-    with INVALID_ARGUMENT. The wrapped handler is built once per method.
+    once the gate is closed. A request that cannot be decoded is refused
+    with INVALID_ARGUMENT; so is one that a check in ``request_checks``
+    (by full method name) refuses from its bytes, before decoding. Requests
+    to the exempt (open) services may be at most ``open_message_bytes``.
+    The wrapped handler is built once per method (and handler).
     """
 
-    def __init__(self, metrics: Metrics, gate: DrainGate) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        gate: DrainGate,
+        *,
+        request_checks: Mapping[str, RequestCheck] | None = None,
+        open_message_bytes: int = OPEN_MESSAGE_BYTES,
+    ) -> None:
         self.metrics = metrics
         self.gate = gate
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._checks = dict(request_checks or {})
+        self._open_check = at_most(open_message_bytes)
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -254,25 +319,29 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         counted = not self.gate.exempt(method)
         if counted and self.gate.closed:
             return _refusal(handler, self.gate.refusal)
-        cached = self._wrapped.get(method)
+        key = (method, id(handler))
+        cached = self._wrapped.get(key)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler, method.rsplit("/", 1)[-1], counted)
-        self._wrapped[method] = (handler, wrapped)
+        check = self._checks.get(method) if counted else self._open_check
+        wrapped = self._wrap(handler, method.rsplit("/", 1)[-1], counted, check)
+        self._wrapped[key] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: Handler, name: str, counted: bool) -> Handler:
+    def _wrap(
+        self, handler: Handler, name: str, counted: bool, check: RequestCheck | None
+    ) -> Handler:
         seconds = self.metrics.rpc_seconds.labels(name)
         handled = self.metrics.rpc_handled
         gate = self.gate if counted else None
         request_streaming = bool(handler.request_streaming)
 
         async def admit(request: Any, context: Any) -> Any:
-            """The request to hand on; an undecodable one is refused here."""
+            """The request to hand on; a refused one is answered here."""
             if request_streaming:
                 return _checked_messages(request, context)
-            if isinstance(request, _Undecodable):
-                await _refuse_undecodable(context, request)
+            if isinstance(request, _Refused):
+                await _refuse(context, request)
             return request
 
         def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -295,5 +364,5 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return call
 
         deserialize = handler.request_deserializer
-        safe = _safe_deserializer(deserialize) if deserialize is not None else None
+        safe = _safe_deserializer(deserialize, check) if deserialize is not None else None
         return _rewrap(handler, unary, stream, safe)

@@ -36,6 +36,9 @@ class Faults:
     """Overrides the simulator's step duration (KSampler steps, VHS frames)."""
     time_scale: float | None = None
     """Overrides the simulator's multiplier for ``TestSlowProgress.seconds_per_step``."""
+    required_authorization: str | None = None
+    """Answer 401 to any request (WebSocket handshakes included) whose
+    ``Authorization`` header differs, as an auth proxy in front of ComfyUI does."""
 
     def fails_path(self, path: str) -> bool:
         """Whether ``path`` (``/api`` prefix already stripped) must answer 500."""
@@ -63,6 +66,9 @@ def faults_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         faults = get_faults()
+        wanted = faults.required_authorization
+        if wanted is not None and request.headers.get("Authorization") != wanted:
+            return web.Response(status=401, text="401: Unauthorized")
         if faults.http_latency_seconds > 0:
             await asyncio.sleep(faults.http_latency_seconds)
         if faults.fails_path(strip_api_prefix(request.path)):

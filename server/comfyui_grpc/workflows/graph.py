@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from ..errors import FieldViolation, InvalidArgument
@@ -16,6 +17,57 @@ from ..errors import FieldViolation, InvalidArgument
 MAX_NODES = 2000
 MAX_DEPTH = 32
 NODE_ID_MAX_LENGTH = 64
+MAX_WORKFLOW_BYTES = 8 * 1024 * 1024
+
+# A JSON string (with ``:`` after it when it is a key), or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[{}\[\]]')
+
+
+def too_large(field: str, nodes: int | None, max_nodes: int) -> InvalidArgument:
+    """The refusal of a workflow with more than ``max_nodes`` nodes (``nodes``
+    when known; a check that stopped counting early passes None)."""
+    counted = f"{nodes} nodes" if nodes is not None else f"more than {max_nodes} nodes"
+    return InvalidArgument(
+        f"the workflow has {counted}; at most {max_nodes} are allowed",
+        [FieldViolation(field, f"more than {max_nodes} nodes")],
+        reason="WORKFLOW_TOO_LARGE",
+    )
+
+
+def too_many_bytes(field: str, size: int, max_bytes: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"the workflow is {size} bytes; at most {max_bytes} are allowed",
+        [FieldViolation(field, f"more than {max_bytes} bytes")],
+        reason="WORKFLOW_TOO_LARGE",
+    )
+
+
+def _check_json_shape(text: str, max_nodes: int) -> None:
+    """Count top-level keys and nesting before ``json.loads`` builds anything.
+
+    Parsing builds every object of the document, so a 100,000-node workflow
+    would cost its whole size in Python objects before the node limit could
+    refuse it. This scan only tokenises strings and brackets, and stops at
+    the first key over the limit or the first bracket too deep. Invalid JSON
+    passes here and is reported by the parser.
+    """
+    depth = 0
+    keys = 0
+    for token in _JSON_TOKEN.finditer(text):
+        first = text[token.start()]
+        if first in "{[":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InvalidArgument(
+                    "workflow_json is nested too deeply",
+                    [FieldViolation("workflow_json", f"nested more than {MAX_DEPTH} levels")],
+                )
+        elif first in "}]":
+            depth -= 1
+        elif depth == 1 and token.group(1) is not None:
+            keys += 1
+            if keys > max_nodes:
+                raise too_large("workflow_json", None, max_nodes)
 
 
 def whole_numbers_to_int(value: Any) -> Any:
@@ -62,8 +114,10 @@ def _finite(text: str) -> float:
     return value
 
 
-def parse_workflow_json(text: str) -> dict[str, Any]:
-    """Parse ``workflow_json`` keeping integers exact (beyond 2^53 too)."""
+def parse_workflow_json(text: str, *, max_nodes: int = MAX_NODES) -> dict[str, Any]:
+    """Parse ``workflow_json`` keeping integers exact (beyond 2^53 too), refusing
+    a document with more than ``max_nodes`` nodes before it is built."""
+    _check_json_shape(text, max_nodes)
     try:
         value = json.loads(
             text,
@@ -132,16 +186,12 @@ def _depth(value: Any, limit: int) -> int:
 
 def validate_graph(graph: dict[str, Any], field: str, *, max_nodes: int = MAX_NODES) -> None:
     """Raise InvalidArgument listing every structural problem of ``graph``."""
+    if len(graph) > max_nodes:
+        raise too_large(field, len(graph), max_nodes)
     check_text(graph, field)
     violations: list[FieldViolation] = []
     if not graph:
         violations.append(FieldViolation(field, "the workflow has no nodes"))
-    if len(graph) > max_nodes:
-        raise InvalidArgument(
-            f"the workflow has {len(graph)} nodes; at most {max_nodes} are allowed",
-            [FieldViolation(field, f"more than {max_nodes} nodes")],
-            reason="WORKFLOW_TOO_LARGE",
-        )
     if _depth(graph, MAX_DEPTH) > MAX_DEPTH:
         raise InvalidArgument(
             f"the workflow is nested more than {MAX_DEPTH} levels deep",
