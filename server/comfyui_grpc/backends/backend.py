@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from ..comfyui.client import ComfyUIClient
+from ..comfyui.client import MAX_ANSWER_BYTES, ComfyUIClient
 from ..comfyui.messages import Message
-from ..comfyui.socket import ComfyUISocket
-from ..tasks import within
+from ..comfyui.reporting import Counter, ProtocolErrors
+from ..comfyui.socket import MAX_MESSAGE_BYTES, ComfyUISocket
+from ..tasks import DEFAULT_POLICY, CrashHandler, RestartPolicy, supervise, within
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,15 @@ class Backend:
     """A ComfyUI base URL with its pooled client, socket and load count.
 
     ``healthy`` follows the socket: a backend we cannot hold a socket to gets
-    no new jobs.
+    no new jobs. The socket runs supervised: a crash is reported to
+    ``on_task_crash`` and the socket restarts; one that keeps crashing is
+    given up on and reported to ``on_task_give_up`` (liveness fails).
+    Everything the client and the socket find malformed in ComfyUI's answers
+    and messages is counted through ``count_protocol_error``.
     """
+
+    restart_policy: RestartPolicy = DEFAULT_POLICY
+    """How the socket task is restarted after a crash."""
 
     def __init__(
         self,
@@ -35,10 +42,18 @@ class Backend:
         on_disconnect: Callable[[Backend], None] | None = None,
         client_id: str | None = None,
         deaf_after_seconds: float = 10.0,
+        count_protocol_error: Counter | None = None,
+        on_task_crash: CrashHandler | None = None,
+        on_task_give_up: CrashHandler | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = url.rstrip("/")
         self.client_id = client_id or f"comfyui-grpc-{uuid.uuid4().hex}"
-        self.client = ComfyUIClient(self.url)
+        self.errors = ProtocolErrors(self.url, count_protocol_error)
+        self.client = ComfyUIClient(self.url, max_answer_bytes=max_answer_bytes, errors=self.errors)
+        self._on_task_crash = on_task_crash
+        self._on_task_give_up = on_task_give_up
         self.outstanding: set[str] = set()
         # Jobs waiting in this backend's queue; may hold stale ids until the
         # next position update prunes them.
@@ -51,6 +66,8 @@ class Backend:
             on_connect=lambda first: on_connect(self, first),
             on_disconnect=self._disconnected,
             deaf_after_seconds=deaf_after_seconds,
+            max_message_bytes=max_message_bytes,
+            errors=self.errors,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -68,7 +85,17 @@ class Backend:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self.socket.run(), name=f"comfyui-socket {self.url}")
+            name = f"comfyui-socket {self.url}"
+            self._task = asyncio.create_task(
+                supervise(
+                    self.socket.run,
+                    name,
+                    policy=self.restart_policy,
+                    on_crash=self._on_task_crash,
+                    on_give_up=self._on_task_give_up,
+                ),
+                name=name,
+            )
 
     async def wait_connected(self, timeout: float) -> bool:
         return await within(self.socket.connected.wait(), timeout)
@@ -77,6 +104,10 @@ class Backend:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # supervise never raises; closing must not either
+                log.exception("socket task of %s failed", self.url)
         await self.client.aclose()
