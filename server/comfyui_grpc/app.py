@@ -96,6 +96,7 @@ class Gateway:
             ),
         )
         self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds
+        self.service.tracker.collector.max_output_bytes = settings.max_output_bytes
         self.discovery: Discovery | None = None
         if settings.comfyui_dns_discovery:
             self.discovery = Discovery(
@@ -148,6 +149,11 @@ class Gateway:
             on_connect=connected,
             on_disconnect=disconnected,
             headers=self._comfyui_headers,
+            count_protocol_error=self.metrics.protocol_error,
+            on_task_crash=self.metrics.task_crashed,
+            on_task_give_up=self.monitor.task_gave_up,
+            max_answer_bytes=self.settings.max_comfyui_answer_bytes,
+            max_message_bytes=self.settings.max_comfyui_message_bytes,
         )
         self.pool.add(backend)
         backend.start()

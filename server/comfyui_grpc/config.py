@@ -70,6 +70,12 @@ class Settings:
     """Raw workflows larger than this (encoded) are refused before they are converted."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC request message accepted."""
+    max_comfyui_answer_bytes: int = 64 * 1024 * 1024
+    """Largest JSON answer read from ComfyUI; a larger one is cut off and counted."""
+    max_comfyui_message_bytes: int = 64 * 1024 * 1024
+    """Largest WebSocket frame accepted from ComfyUI; a larger one closes the socket."""
+    max_output_bytes: int = 8 * 1024 * 1024 * 1024
+    """Largest output file stored; a job with a larger one fails OUTPUT_TOO_LARGE."""
     reconcile_interval_seconds: float = 2.0
     """How often open jobs are checked against ComfyUI's queue and history."""
     shutdown_grace_seconds: float = 30.0
@@ -154,6 +160,13 @@ def _flag(text: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise argparse.ArgumentTypeError("must be true or false")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive number of bytes")
+    return value
 
 
 def _log_format(text: str) -> str:
@@ -310,6 +323,28 @@ OPTIONS: tuple[Option, ...] = (
         "max_message_bytes",
         int,
         "largest gRPC request accepted (default 16 MiB)",
+    ),
+    Option(
+        "--max-comfyui-answer-bytes",
+        "COMFYUI_GRPC_MAX_COMFYUI_ANSWER_BYTES",
+        "max_comfyui_answer_bytes",
+        _positive,
+        "largest JSON answer read from ComfyUI; larger ones are cut off (default 64 MiB)",
+    ),
+    Option(
+        "--max-comfyui-message-bytes",
+        "COMFYUI_GRPC_MAX_COMFYUI_MESSAGE_BYTES",
+        "max_comfyui_message_bytes",
+        _positive,
+        "largest WebSocket message accepted from ComfyUI; a larger one reopens the "
+        "socket (default 64 MiB)",
+    ),
+    Option(
+        "--max-output-bytes",
+        "COMFYUI_GRPC_MAX_OUTPUT_BYTES",
+        "max_output_bytes",
+        _positive,
+        "largest output file stored; past it the job fails OUTPUT_TOO_LARGE (default 8 GiB)",
     ),
     Option(
         "--reconcile-interval",

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from comfyui_grpc.simulator import Faults
 from comfyui_grpc.simulator.cli import build_parser, simulator_from_args
 
 
@@ -30,6 +31,27 @@ def test_flags_map_to_simulator_and_faults(tmp_path: Path) -> None:
     assert sim.faults.http_500_paths == {"/view", "/prompt"}
     assert sim.faults.ws_drop_after_messages == 3
     assert sim.faults.fail_node_class == "KSampler"
+
+
+def test_hostile_flags_map_to_faults() -> None:
+    args = build_parser().parse_args(
+        [
+            "--ws-malformed", "status", "--ws-malformed", "not_json", "--http-malformed", "/queue",
+            "--http-huge", "/history", "--http-huge-bytes", "1000", "--view-endless",
+            "--hostile-output-names", "--ws-padding", "10", "--ws-flood-node-changes", "500",
+        ]
+    )  # fmt: skip
+    faults = simulator_from_args(args).faults
+    assert faults.malformed_messages == {"status", "not_json"}
+    assert faults.malformed_answers == {"/queue"}
+    assert faults.huge_answer_paths == {"/history"}
+    assert faults.huge_answer_bytes == 1000
+    assert faults.endless_view
+    assert faults.hostile_output_names
+    assert faults.ws_padding_bytes == 10
+    assert faults.ws_flood_node_changes == 500
+    default = simulator_from_args(build_parser().parse_args([])).faults
+    assert default == Faults()
 
 
 def test_starts_in_under_two_seconds_and_stops_on_sigterm(tmp_path: Path) -> None:

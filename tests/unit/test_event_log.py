@@ -108,3 +108,61 @@ def test_compaction_keeps_transitions() -> None:
     assert isinstance(kept[0].payload, ev.NodeStarted)
     assert isinstance(kept[-1].payload, ev.NodeFinished)
     assert log.last_sequence == 102
+
+
+def test_a_flood_of_node_changes_costs_amortised_constant_time() -> None:
+    """30,000 node changes (60,000 events) past the cap: each append stays cheap.
+
+    The old compaction ran on every append past the cap and kept every
+    non-progress event, so each append walked the whole log (53 s of event
+    loop for this flood); here compaction runs once per half-cap appends.
+    """
+    log = EventLog(max_events=2_000)
+    walked = 0
+    original = log._compact
+
+    def counting_compact() -> None:
+        nonlocal walked
+        walked += len(list(log))
+        original()
+
+    log._compact = counting_compact  # type: ignore[method-assign]
+    _event(log, ev.Queued(1, "b"), JobState.QUEUED)
+    _event(log, ev.Started())
+    for change in range(30_000):
+        node = str(change % 7)
+        _event(log, ev.NodeFinished(str((change - 1) % 7), "X"))
+        _event(log, ev.NodeStarted(node, "X"))
+        _event(log, _progress(node, change % 100))
+    appended = log.last_sequence
+    assert walked <= 4 * appended  # amortised O(1) per append
+    kept = list(log)
+    assert len(kept) <= 3_000
+    assert [type(e.payload) for e in kept[:2]] == [ev.Queued, ev.Started]
+    assert kept[-1].sequence == appended
+    sequences = [e.sequence for e in kept]
+    assert sequences == sorted(set(sequences))
+
+
+def test_progress_is_coalesced_to_the_newest_step_of_each_node() -> None:
+    log = EventLog(max_events=10)
+    _event(log, ev.NodeStarted("a", "KSampler"))
+    for step in range(20):
+        _event(log, _progress("a", step))
+    _event(log, ev.NodeStarted("b", "KSampler"))
+    _event(log, _progress("b", 1))
+    kept = [e.payload for e in log]
+    steps = [p for p in kept if isinstance(p, ev.NodeProgressed)]
+    assert [(p.node_id, p.value) for p in steps] == [("a", 19), ("b", 1)]
+    assert isinstance(kept[0], ev.NodeStarted)
+
+
+def test_transitions_and_artifacts_survive_any_flood() -> None:
+    log = EventLog(max_events=50)
+    _event(log, ev.Started())
+    for change in range(1_000):
+        _event(log, ev.NodeStarted(str(change), "X"))
+    _event(log, ev.Uploading(artifact_count=1))
+    _event(log, ev.Succeeded(()), JobState.SUCCEEDED)
+    kinds = [type(e.payload) for e in log if not e.node_level]
+    assert kinds == [ev.Started, ev.Uploading, ev.Succeeded]

@@ -12,7 +12,11 @@ request starts or ends: 64 concurrent submissions over 64 connections cost
 the gateway about 8 ms of CPU each, over 8 connections gated here about 1 ms.
 
 Every call maps transport trouble to :class:`ComfyUIUnavailable` and keeps
-the cause.
+the cause. Nothing ComfyUI answers is trusted: a body is read streamed and
+cut off past ``max_answer_bytes``, and every answer is checked against the
+shape the gateway relies on; what does not fit raises
+:class:`ComfyUIProtocolError` (a ``ComfyUIUnavailable``, so every caller's
+existing handling applies) and is counted, never a TypeError or KeyError.
 """
 
 from __future__ import annotations
@@ -27,13 +31,25 @@ from typing import Any
 import httpx
 
 from ..redact import redact_url
-from .errors import ComfyUIUnavailable, ComfyUIValidationError
+from .errors import ComfyUIProtocolError, ComfyUIUnavailable, ComfyUIValidationError
+from .outputs import history_entry_problem
+from .reporting import ProtocolErrors
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 API_CONNECTIONS = 8
 """Connections (and requests in flight) for the JSON calls; see the module docstring."""
 FILE_CONNECTIONS = 16
 """Connections for ``/view`` downloads and ``/upload/image``."""
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""Default cap on one JSON answer (``--max-comfyui-answer-bytes``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON call's status and its whole (bounded) body."""
+
+    status: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +74,26 @@ class QueueView:
             return 0
 
 
-def _sort_key(item: list[Any]) -> tuple[float, int]:
-    number = item[0] if item and isinstance(item[0], int | float) else 0
-    return (float(number), 0)
+def _queue_ids(data: dict[str, Any], key: str) -> list[str] | None:
+    """Prompt ids of ``queue_running``/``queue_pending`` in run order, or None if malformed.
+
+    Each item is ``[number, prompt_id, prompt, extra_data, outputs, ...]``.
+    """
+    items = data.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        return None
+    numbered: list[tuple[float, str]] = []
+    for item in items:
+        if not isinstance(item, list) or len(item) < 2 or not isinstance(item[1], str):
+            return None
+        number = item[0]
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            return None
+        numbered.append((float(number), item[1]))
+    numbered.sort(key=lambda pair: pair[0])
+    return [prompt_id for _, prompt_id in numbered]
 
 
 class ComfyUIClient:
@@ -70,10 +103,14 @@ class ComfyUIClient:
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        errors: ProtocolErrors | None = None,
     ) -> None:
         # Shown in messages without user-info; the pools send the full URL and headers.
         self.base_url = redact_url(base_url.rstrip("/"))
         self._target = (base_url.rstrip("/"), dict(headers or {}))
+        self.max_answer_bytes = max_answer_bytes
+        self.errors = errors or ProtocolErrors(self.base_url)
         self._api = self._pool(API_CONNECTIONS, timeout)
         self._api_slots = asyncio.Semaphore(API_CONNECTIONS)
         self._files = self._pool(FILE_CONNECTIONS, timeout)
@@ -92,40 +129,68 @@ class ComfyUIClient:
         await self._api.aclose()
         await self._files.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _protocol(self, kind: str, what: str) -> ComfyUIProtocolError:
+        """Count a malformed answer and build the error to raise for it."""
+        message = f"ComfyUI at {self.base_url} {what}"
+        self.errors.report(kind, message)
+        return ComfyUIProtocolError(message, kind=kind)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Answer:
         """One JSON call, admitted when an API connection is free."""
         async with self._api_slots:
             return await self._send(self._api, method, path, **kwargs)
 
-    async def _send(
-        self, http: httpx.AsyncClient, method: str, path: str, **kwargs: Any
-    ) -> httpx.Response:
+    async def _send(self, http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Answer:
+        """Send a request and read its body, at most ``max_answer_bytes`` of it."""
+        request = http.build_request(method, path, **kwargs)
         try:
-            response = await http.request(method, path, **kwargs)
+            response = await http.send(request, stream=True)
+            try:
+                if response.status_code >= 500:
+                    raise ComfyUIUnavailable(
+                        f"ComfyUI at {self.base_url} answered {response.status_code} "
+                        f"to {method} {path}",
+                        status=response.status_code,
+                    )
+                body = await self._bounded_body(response, method, path)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(
                 f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc!r}",
                 maybe_sent=not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
             ) from exc
-        if response.status_code >= 500:
-            raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} answered {response.status_code} to {method} {path}",
-                status=response.status_code,
-            )
-        return response
+        return Answer(response.status_code, body)
+
+    async def _bounded_body(self, response: httpx.Response, method: str, path: str) -> bytes:
+        limit = self.max_answer_bytes
+        too_large = f"sent more than {limit} bytes for {method} {path}; the answer was cut off"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise self._protocol("too_large", too_large)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise self._protocol("too_large", too_large)
+        return bytes(body)
+
+    def _decode(self, answer: Answer, method: str, path: str) -> Any:
+        try:
+            return json.loads(answer.body)
+        except (ValueError, RecursionError) as exc:
+            raise self._protocol(
+                "invalid_json", f"sent invalid JSON for {method} {path}: {str(exc)[:100]}"
+            ) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._request(method, path, **kwargs)
-        if response.status_code != 200:
+        answer = await self._request(method, path, **kwargs)
+        if answer.status != 200:
             raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} answered {response.status_code} to {method} {path}"
+                f"ComfyUI at {self.base_url} answered {answer.status} to {method} {path}",
+                status=answer.status,
             )
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} sent invalid JSON for {method} {path}"
-            ) from exc
+        return self._decode(answer, method, path)
 
     async def submit(
         self,
@@ -145,33 +210,45 @@ class ComfyUIClient:
         if front:
             body["front"] = True
         content = json.dumps(body, allow_nan=False).encode()
-        response = await self._request(
+        answer = await self._request(
             "POST", "/prompt", content=content, headers={"Content-Type": "application/json"}
         )
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.status_code == 400 and isinstance(data, dict):
-            raw_error = data.get("error")
-            error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-            node_errors = data.get("node_errors") or {}
+        if answer.status == 400:
+            data = self._decode(answer, "POST", "/prompt")
+            error = data.get("error") if isinstance(data, dict) else None
+            node_errors = data.get("node_errors") if isinstance(data, dict) else None
+            if not isinstance(error, dict | str) or not isinstance(node_errors, dict | None):
+                raise self._protocol("bad_submit", "answered 400 to POST /prompt without an error")
+            if isinstance(error, str):  # older ComfyUI: the message alone
+                error = {"message": error}
             message = str(error.get("message") or "ComfyUI rejected the workflow")
-            raise ComfyUIValidationError(message, error or {}, node_errors)
-        if response.status_code != 200 or not isinstance(data, dict):
+            raise ComfyUIValidationError(message, error, node_errors or {})
+        if answer.status != 200:
             raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} answered {response.status_code} to POST /prompt"
+                f"ComfyUI at {self.base_url} answered {answer.status} to POST /prompt",
+                status=answer.status,
             )
-        node_errors = data.get("node_errors") or {}
+        data = self._decode(answer, "POST", "/prompt")
+        if not isinstance(data, dict):
+            raise self._protocol("bad_submit", "answered POST /prompt with no JSON object")
+        node_errors = data.get("node_errors")
+        number = data.get("number", 0)
+        answered_id = data.get("prompt_id", prompt_id)
+        if (
+            not isinstance(node_errors, dict | None)
+            or isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or answered_id != prompt_id
+        ):
+            raise self._protocol(
+                "bad_submit",
+                "answered POST /prompt with a malformed node_errors, number or prompt_id",
+            )
         if node_errors:
             raise ComfyUIValidationError(
                 "ComfyUI dropped outputs that failed validation", {}, node_errors
             )
-        number = data.get("number", 0)
-        return SubmitResult(
-            prompt_id=str(data.get("prompt_id", prompt_id)),
-            number=float(number) if isinstance(number, int | float) else 0.0,
-        )
+        return SubmitResult(prompt_id=prompt_id, number=float(number))
 
     async def delete_pending(self, prompt_ids: list[str]) -> None:
         await self._request("POST", "/queue", json={"delete": prompt_ids})
@@ -182,36 +259,45 @@ class ComfyUIClient:
 
     async def queue(self) -> QueueView:
         data = await self._json("GET", "/queue")
-        running_items = data.get("queue_running") or []
-        pending_items = sorted(data.get("queue_pending") or [], key=_sort_key)
-        running = tuple(str(item[1]) for item in running_items if len(item) > 1)
-        pending = tuple(str(item[1]) for item in pending_items if len(item) > 1)
-        return QueueView(running=running, pending=pending, present=frozenset(running + pending))
+        running = _queue_ids(data, "queue_running") if isinstance(data, dict) else None
+        pending = _queue_ids(data, "queue_pending") if isinstance(data, dict) else None
+        if running is None or pending is None:
+            raise self._protocol("bad_queue", "sent a malformed GET /queue answer")
+        return QueueView(
+            running=tuple(running), pending=tuple(pending), present=frozenset(running + pending)
+        )
 
     async def queue_remaining(self) -> int:
         """Prompts queued or running, from ``GET /prompt``: a few bytes, unlike ``/queue``."""
         data = await self._json("GET", "/prompt")
-        try:
-            return int(data["exec_info"]["queue_remaining"])
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} sent no queue_remaining from GET /prompt"
-            ) from exc
+        info = data.get("exec_info") if isinstance(data, dict) else None
+        remaining = info.get("queue_remaining") if isinstance(info, dict) else None
+        if isinstance(remaining, bool) or not isinstance(remaining, int) or remaining < 0:
+            raise self._protocol("bad_prompt_info", "sent no queue_remaining from GET /prompt")
+        return remaining
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of a finished prompt, or None while unknown/unfinished."""
         data = await self._json("GET", f"/history/{prompt_id}")
         if not isinstance(data, dict):
-            return None
+            raise self._protocol("bad_history", "answered GET /history/{id} with no JSON object")
         entry = data.get(prompt_id)
-        return entry if isinstance(entry, dict) else None
+        if entry is None:
+            return None
+        problem = history_entry_problem(entry)
+        if problem is not None:
+            raise self._protocol("bad_history", f"sent a malformed history entry: {problem}")
+        assert isinstance(entry, dict)
+        return entry
 
     async def delete_history(self, prompt_ids: list[str]) -> None:
         await self._request("POST", "/history", json={"delete": prompt_ids})
 
     async def system_stats(self) -> dict[str, Any]:
         data = await self._json("GET", "/system_stats")
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise self._protocol("bad_system_stats", "answered GET /system_stats with no object")
+        return data
 
     @asynccontextmanager
     async def view(
@@ -250,10 +336,16 @@ class ComfyUIClient:
         form = {"subfolder": subfolder, "type": "input"}
         if overwrite:
             form["overwrite"] = "true"
-        response = await self._send(self._files, "POST", "/upload/image", files=files, data=form)
-        if response.status_code != 200:
+        answer = await self._send(self._files, "POST", "/upload/image", files=files, data=form)
+        if answer.status != 200:
             raise ComfyUIValidationError(
-                f"ComfyUI refused the upload of {name!r} ({response.status_code})", {}, {}
+                f"ComfyUI refused the upload of {name!r} ({answer.status})", {}, {}
             )
-        result = response.json()
-        return result if isinstance(result, dict) else {}
+        result = self._decode(answer, "POST", "/upload/image")
+        if (
+            not isinstance(result, dict)
+            or not isinstance(result.get("name"), str)
+            or not isinstance(result.get("subfolder", ""), str)
+        ):
+            raise self._protocol("bad_upload", "answered POST /upload/image without a file name")
+        return result

@@ -44,6 +44,33 @@ def files_of(node_id: str, ui_output: dict[str, Any]) -> list[OutputFile]:
     return files
 
 
+def history_entry_problem(entry: Any) -> str | None:
+    """What is wrong with a ``/history/{id}`` entry's shape, or None if it is usable.
+
+    :func:`history_outputs` and :func:`history_outcome` rely on exactly this:
+    ``outputs`` an object of objects, ``status`` an object whose
+    ``messages`` is a list and ``status_str`` a string.
+    """
+    if not isinstance(entry, dict):
+        return f"the entry is a {type(entry).__name__}, not an object"
+    outputs = entry.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, dict):
+            return f"outputs is a {type(outputs).__name__}, not an object"
+        for node_id, ui_output in outputs.items():
+            if not isinstance(ui_output, dict):
+                return f"the output of node {node_id!r} is not an object"
+    status = entry.get("status")
+    if status is not None:
+        if not isinstance(status, dict):
+            return f"status is a {type(status).__name__}, not an object"
+        if not isinstance(status.get("messages", []), list):
+            return "status.messages is not a list"
+        if not isinstance(status.get("status_str", ""), str):
+            return "status.status_str is not a string"
+    return None
+
+
 def history_outputs(entry: dict[str, Any]) -> dict[str, list[OutputFile]]:
     outputs = entry.get("outputs") or {}
     result: dict[str, list[OutputFile]] = {}

@@ -10,7 +10,16 @@ prompt's ``client_id`` at that instant and replays nothing, so:
 - every (re)connect is reported, so the caller can reconcile open jobs
   against ``/history`` and ``/queue``;
 - a socket that stays silent after we expected a ``status`` broadcast is
-  treated as deaf and reopened.
+  treated as deaf and reopened;
+- nothing ComfyUI sends is trusted: a frame of the wrong shape, or one the
+  message handler chokes on, is reported and skipped, and a frame larger
+  than ``max_message_bytes`` closes the connection (1009) and is reported;
+  the socket then reconnects as after any drop.
+
+``run`` still lets an unexpected exception out (a bug in a callback); the
+backend runs it under :func:`~comfyui_grpc.tasks.supervise`, which restarts
+it. The "first connect" flag lives on the object so a restart does not
+report a first connect twice.
 """
 
 from __future__ import annotations
@@ -26,11 +35,14 @@ from websockets.asyncio.client import ClientConnection
 
 from ..redact import redact_url
 from . import messages
-from .messages import Message
+from .messages import MalformedMessage, Message
+from .reporting import ProtocolErrors
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default cap on one WebSocket frame (``--max-comfyui-message-bytes``)."""
+MESSAGE_TOO_BIG = 1009
 
 
 def ws_url(base_url: str, client_id: str) -> str:
@@ -53,10 +65,15 @@ class ComfyUISocket:
         backoff_max_seconds: float = 5.0,
         deaf_after_seconds: float = 10.0,
         headers: Mapping[str, str] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        errors: ProtocolErrors | None = None,
     ) -> None:
         # Logged without user-info; the handshake sends the full URL and headers.
         self._target = (ws_url(base_url, client_id), dict(headers or {}))
         self.url = redact_url(self._target[0])
+        self._max_message_bytes = max_message_bytes
+        self.errors = errors or ProtocolErrors(redact_url(base_url))
+        self._first = True
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -66,6 +83,9 @@ class ComfyUISocket:
         self._expect_deadline: float | None = None
         self._connection: ClientConnection | None = None
         self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        """Set while there is no connection (the complement of ``connected``)."""
+        self.disconnected.set()
         self.reconnects = 0
 
     def expect_traffic(self) -> None:
@@ -77,14 +97,13 @@ class ComfyUISocket:
     async def run(self) -> None:
         """Connect, read and reconnect until cancelled."""
         delay = self._backoff_initial
-        first = True
         while True:
             try:
                 async with websockets.connect(
                     self._target[0],
                     additional_headers=self._target[1],
                     compression=None,
-                    max_size=MAX_MESSAGE_BYTES,
+                    max_size=self._max_message_bytes,
                     open_timeout=5,
                     # ComfyUI sends no pings; ours detect a dead peer. The
                     # timeout is generous: a needless reconnect risks the
@@ -97,18 +116,21 @@ class ComfyUISocket:
                     self._connection = connection
                     self._expect_deadline = None
                     self.connected.set()
+                    self.disconnected.clear()
+                    first, self._first = self._first, False
                     if not first:
                         self.reconnects += 1
                     await self._on_connect(first)
-                    first = False
                     delay = self._backoff_initial
                     await self._read(connection)
             except asyncio.CancelledError:
                 raise
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                self._note_closed(exc)
                 log.debug("ComfyUI socket %s: %r", self.url, exc)
             finally:
                 self._connection = None
+                self.disconnected.set()
                 if self.connected.is_set():
                     self.connected.clear()
                     self._on_disconnect()
@@ -131,6 +153,30 @@ class ComfyUISocket:
             self._expect_deadline = None
             if isinstance(frame, bytes):
                 continue
+            self._handle(frame)
+
+    def _handle(self, frame: str) -> None:
+        """Parse and deliver one text frame; a bad one is reported, never raised."""
+        try:
             message = messages.parse(frame)
-            if message is not None:
-                self._on_message(message)
+        except MalformedMessage as exc:
+            self.errors.report(f"ws_{exc.kind}", exc.detail)
+            return
+        if message is None:
+            return
+        try:
+            self._on_message(message)
+        except Exception as exc:  # the frame parsed, but its content broke the handler
+            self.errors.report(
+                "ws_unhandled", f"{type(message).__name__} could not be applied", exc_info=exc
+            )
+
+    def _note_closed(self, exc: BaseException) -> None:
+        """Report a connection we closed because ComfyUI sent a frame over the limit."""
+        if isinstance(exc, websockets.ConnectionClosed):
+            sent = exc.sent
+            if sent is not None and sent.code == MESSAGE_TOO_BIG:
+                self.errors.report(
+                    "ws_too_large",
+                    f"a WebSocket frame exceeded {self._max_message_bytes} bytes; reconnecting",
+                )

@@ -4,6 +4,11 @@ Each file streams from ``/view`` straight into the store (multipart above the
 store's threshold), so no output is ever held in memory whole. A broken
 download is retried from the start; the store retries its own transient
 failures. The job succeeds only once every file and the manifest are stored.
+
+ComfyUI is not trusted to send a file of reasonable size: a file larger than
+``max_output_bytes`` (by its Content-Length, or counted as it streams, for an
+endless body) fails the job with ``OUTPUT_TOO_LARGE`` at once, and the
+store's ``put_stream`` removes whatever part of it was written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import logging
 import mimetypes
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -27,6 +33,24 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_BUDGET_SECONDS = 60.0
 CHUNK_BYTES = 1024 * 1024
+MAX_OUTPUT_BYTES = 8 * 1024 * 1024 * 1024
+"""Default cap on one output file (``--max-output-bytes``)."""
+
+
+class OutputTooLarge(Exception):
+    """ComfyUI offered (or kept sending) more than the gateway stores for one file."""
+
+
+async def _capped(chunks: AsyncIterator[bytes], limit: int, filename: str) -> AsyncIterator[bytes]:
+    """``chunks``, raising :class:`OutputTooLarge` as soon as they pass ``limit`` bytes."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise OutputTooLarge(
+                f"output {filename!r} is larger than the {limit}-byte limit (--max-output-bytes)"
+            )
+        yield chunk
 
 
 def content_type_for(filename: str, header: str | None) -> str:
@@ -37,9 +61,12 @@ def content_type_for(filename: str, header: str | None) -> str:
 
 
 class ArtifactCollector:
-    def __init__(self, store: ArtifactStore, metrics: Metrics) -> None:
+    def __init__(
+        self, store: ArtifactStore, metrics: Metrics, *, max_output_bytes: int = MAX_OUTPUT_BYTES
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.max_output_bytes = max_output_bytes
 
     async def _copy(self, client: ComfyUIClient, job: Job, output: OutputFile) -> StoredObject:
         """Stream one output into the store, retrying a broken download.
@@ -61,9 +88,16 @@ class ArtifactCollector:
                     content_type = content_type_for(
                         output.filename, response.headers.get("content-type")
                     )
-                    return await self.store.put_stream(
-                        key, response.aiter_bytes(CHUNK_BYTES), content_type=content_type
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self.max_output_bytes:
+                        raise OutputTooLarge(
+                            f"output {output.filename!r} is {declared} bytes, over the "
+                            f"{self.max_output_bytes}-byte limit (--max-output-bytes)"
+                        )
+                    chunks = _capped(
+                        response.aiter_bytes(CHUNK_BYTES), self.max_output_bytes, output.filename
                     )
+                    return await self.store.put_stream(key, chunks, content_type=content_type)
             except (ComfyUIUnavailable, httpx.HTTPError, OSError) as exc:
                 missing = isinstance(exc, ComfyUIUnavailable) and 400 <= exc.status < 500
                 if missing or loop.time() + delay > deadline:
@@ -105,6 +139,14 @@ class ArtifactCollector:
                         )
                     )
             await write_manifest(self.store, job, final_state="succeeded")
+        except OutputTooLarge as exc:
+            job.failed(
+                JobFailure(
+                    reason=FailureReason.OUTPUT_TOO_LARGE,
+                    message=f"{exc}; nothing of it was stored. The file is still in ComfyUI.",
+                )
+            )
+            return
         except (StorageError, ComfyUIUnavailable) as exc:
             reason = FailureReason.STORAGE_FAILED
             if isinstance(exc, ComfyUIUnavailable):

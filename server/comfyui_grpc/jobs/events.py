@@ -91,6 +91,7 @@ Payload = (
 )
 
 TERMINAL_PAYLOADS = (Succeeded, Failed, Cancelled)
+NODE_PAYLOADS = (NodeStarted, NodeProgressed, NodesCached, NodeFinished)
 
 
 @dataclass(slots=True, eq=False)
@@ -106,6 +107,15 @@ class Event:
     def coalescible(self) -> bool:
         """Only step progress may be merged for a slow reader; transitions never."""
         return isinstance(self.payload, NodeProgressed)
+
+    @property
+    def node_level(self) -> bool:
+        """A node's start, steps, finish or cache hit: the events a long log may drop.
+
+        The job's own view (state, progress, node counts) never depends on
+        them being kept; transitions and artifacts are always kept.
+        """
+        return isinstance(self.payload, NODE_PAYLOADS)
 
     @property
     def terminal(self) -> bool:

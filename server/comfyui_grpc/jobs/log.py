@@ -95,15 +95,23 @@ class Subscription:
 class EventLog:
     """The ordered events of one job, with live subscribers.
 
-    The log is bounded: beyond ``max_events`` the oldest progress events are
-    dropped (transitions are kept), so replay after an old sequence skips only
-    progress.
+    The log is bounded for replay, and cheap however many events ComfyUI
+    causes (a hostile one can send node changes by the ten thousand). Once it
+    holds ``max_events`` and half as many again, it is compacted: step
+    progress superseded by a later step of the same node is dropped first
+    (progress coalesced), then, while still over ``max_events``, the oldest
+    node-level events. Transitions and artifacts are never dropped. The next
+    compaction waits until the log has grown by half again, so each append
+    costs amortised O(1). Replay after an old sequence therefore skips only
+    node-level events; the job's snapshot, built from the job itself, stays
+    exact.
     """
 
     def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         self._events: list[Event] = []
         self._subscribers: set[Subscription] = set()
         self._max_events = max_events
+        self._compact_at = max_events + max_events // 2
         self._last_sequence = 0
         self._ended = False
 
@@ -129,7 +137,7 @@ class EventLog:
             raise ValueError(f"sequence {event.sequence} does not follow {self._last_sequence}")
         self._last_sequence = event.sequence
         self._events.append(event)
-        if len(self._events) > self._max_events:
+        if len(self._events) > self._compact_at:
             self._compact()
         for sub in list(self._subscribers):
             sub._push(event)
@@ -143,14 +151,26 @@ class EventLog:
                 old.wire = None
 
     def _compact(self) -> None:
-        keep = len(self._events) - self._max_events // 2
+        """Coalesce progress, then drop the oldest node-level events over the cap; O(n)."""
+        latest_step: set[str] = set()
+        coalesced: list[Event] = []
+        for event in reversed(self._events):
+            payload = event.payload
+            if isinstance(payload, NodeProgressed):
+                if payload.node_id in latest_step:
+                    continue
+                latest_step.add(payload.node_id)
+            coalesced.append(event)
+        coalesced.reverse()
+        excess = len(coalesced) - self._max_events
         kept: list[Event] = []
-        for event in self._events:
-            if keep > 0 and event.coalescible:
-                keep -= 1
+        for event in coalesced:
+            if excess > 0 and event.node_level:
+                excess -= 1
                 continue
             kept.append(event)
         self._events = kept
+        self._compact_at = len(kept) + max(self._max_events, len(kept)) // 2
 
     def restore(self, events: list[Event], *, ended: bool = False) -> None:
         """Reload persisted events after a restart.
@@ -160,6 +180,7 @@ class EventLog:
         so no number a client saw is ever reused.
         """
         self._events = list(events)
+        self._compact_at = len(self._events) + max(self._max_events, len(self._events)) // 2
         last = events[-1].sequence if events else 0
         self._ended = ended or (bool(events) and events[-1].terminal)
         self._last_sequence = last if self._ended else last + RESTART_SEQUENCE_GAP

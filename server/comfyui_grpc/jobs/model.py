@@ -54,6 +54,7 @@ class FailureReason(enum.StrEnum):
     BACKEND_LOST = "BACKEND_LOST"
     VALIDATION_FAILED = "VALIDATION_FAILED"
     OUTPUT_MISSING = "OUTPUT_MISSING"
+    OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,9 @@ the artifact store answers, NOT_SERVING otherwise.
 
 Three names are published: ``""`` (overall), the GenerationService name
 (same), and ``liveness``, which stays SERVING while the process runs so a
-ComfyUI outage never restarts the gateway.
+ComfyUI outage never restarts the gateway, unless a supervised task was
+given up on (:meth:`HealthMonitor.task_gave_up`): the process then cannot
+mend itself, and a NOT_SERVING liveness lets Kubernetes restart it.
 
 Backends report their sockets opening and closing at once (``nudge``); the
 store has no such signal and is asked every ``STORE_CHECK_SECONDS``. Each
@@ -48,9 +50,25 @@ class HealthMonitor:
         self.interval = interval_seconds
         self.store_ok = False
         self.serving: bool | None = None
+        self.alive: bool | None = None
+        self.dead_tasks: set[str] = set()
+        """Supervised tasks given up on; any makes liveness NOT_SERVING."""
         self._changed = asyncio.Event()
 
+    def task_gave_up(self, name: str, exc: BaseException) -> None:
+        """A supervised task will not run again: fail liveness at once."""
+        log.critical("task %s cannot recover; liveness is now NOT_SERVING", name)
+        self.dead_tasks.add(name)
+        self.nudge()
+
+    async def _check_liveness(self) -> None:
+        alive = not self.dead_tasks
+        if alive != self.alive:
+            self.alive = alive
+            await self.servicer.set(LIVENESS_SERVICE, SERVING if alive else NOT_SERVING)
+
     async def check_once(self) -> bool:
+        await self._check_liveness()
         try:
             await self.store.check()
             self.store_ok = True
@@ -58,7 +76,7 @@ class HealthMonitor:
             if self.store_ok:
                 log.warning("artifact store unreachable: %s", exc)
             self.store_ok = False
-        serving = self.store_ok and bool(self.pool.healthy)
+        serving = self.store_ok and bool(self.pool.healthy) and not self.dead_tasks
         if serving != self.serving:
             self.serving = serving
             status = SERVING if serving else NOT_SERVING
@@ -72,7 +90,6 @@ class HealthMonitor:
         self._changed.set()
 
     async def run(self) -> None:
-        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         while True:
             await self.check_once()
             self._changed.clear()

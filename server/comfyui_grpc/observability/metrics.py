@@ -136,6 +136,21 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.protocol_errors = Counter(
+            "backend_protocol_errors",
+            "Answers and messages from a ComfyUI backend that were malformed or too large, "
+            "by kind.",
+            ["backend", "kind"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.task_crashes = Counter(
+            "task_crashes",
+            "Unexpected exceptions in long-lived tasks (each one was restarted or given up on).",
+            ["task"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self._finished_children = {
             state: self.jobs_finished.labels(state.value) for state in JobState if state.terminal
         }
@@ -146,6 +161,12 @@ class Metrics:
         backends: Callable[[], Iterable[tuple[str, bool, int, int]]],
     ) -> None:
         self.registry.register(_StateCollector(job_states, backends))
+
+    def protocol_error(self, backend: str, kind: str) -> None:
+        self.protocol_errors.labels(backend, kind).inc()
+
+    def task_crashed(self, task: str, exc: BaseException) -> None:
+        self.task_crashes.labels(task).inc()
 
     def job_finished(self, state: JobState) -> None:
         child = self._finished_children.get(state)

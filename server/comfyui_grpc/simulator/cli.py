@@ -77,6 +77,59 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument(
         "--fail-node", default=None, metavar="CLASS", help="nodes of this class fail at run time"
     )
+    hostile = parser.add_argument_group("hostile ComfyUI")
+    hostile.add_argument(
+        "--ws-malformed",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="send WebSocket messages of this type (e.g. status, execution_cached; not_json "
+        "for garbage text) with data of the wrong shape (repeatable)",
+    )
+    hostile.add_argument(
+        "--http-malformed",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="answer GET PATH (/queue, /history, /object_info, /prompt) with JSON of the "
+        "wrong shape (repeatable)",
+    )
+    hostile.add_argument(
+        "--http-huge",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="answer GET PATH with a huge JSON body (repeatable)",
+    )
+    hostile.add_argument(
+        "--http-huge-bytes",
+        type=int,
+        default=300 * 1024 * 1024,
+        metavar="N",
+        help="size of the huge answers (default 300 MiB)",
+    )
+    hostile.add_argument(
+        "--view-endless", action="store_true", help="/view streams bytes without end"
+    )
+    hostile.add_argument(
+        "--hostile-output-names",
+        action="store_true",
+        help="history names output files with absolute paths and ../",
+    )
+    hostile.add_argument(
+        "--ws-padding",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="pad every WebSocket message with this many bytes",
+    )
+    hostile.add_argument(
+        "--ws-flood-node-changes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send each prompt's client N extra node changes when it starts",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
 
@@ -87,6 +140,14 @@ def simulator_from_args(args: argparse.Namespace) -> Simulator:
         http_500_paths=set(args.http_500),
         ws_drop_after_messages=args.ws_drop_after,
         fail_node_class=args.fail_node,
+        malformed_messages=set(args.ws_malformed),
+        malformed_answers=set(args.http_malformed),
+        huge_answer_paths=set(args.http_huge),
+        huge_answer_bytes=args.http_huge_bytes,
+        endless_view=args.view_endless,
+        hostile_output_names=args.hostile_output_names,
+        ws_padding_bytes=args.ws_padding,
+        ws_flood_node_changes=args.ws_flood_node_changes,
     )
     return Simulator(
         output_dir=args.output_dir,

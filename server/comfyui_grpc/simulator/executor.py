@@ -197,6 +197,7 @@ class Executor:
         run.add_message(
             "execution_cached", {"nodes": cached, "prompt_id": run.prompt_id}, broadcast=False
         )
+        self._flood(run)
         order = ExecutionOrder(
             prompt,
             is_output=lambda n: self.catalog.is_output(prompt[n]["class_type"]),
@@ -222,6 +223,15 @@ class Executor:
                 meta[node_id] = _meta(node_id)
         self.last_node_id = None
         return success, {"outputs": outputs, "meta": meta}
+
+    def _flood(self, run: _Run) -> None:
+        """The ``ws_flood_node_changes`` fault: node changes, as fast as the socket takes them."""
+        count = self.hub.faults().ws_flood_node_changes
+        nodes = list(run.item.prompt)
+        for index in range(count):
+            node = nodes[index % len(nodes)]
+            data = {"node": node, "display_node": node, "prompt_id": run.prompt_id}
+            run.send_to_client("executing", data)
 
     async def _run_node(self, run: _Run, node_id: str, keys: Mapping[str, Any]) -> bool:
         """Run (or replay from cache) one node; False when the prompt must stop."""

@@ -147,6 +147,11 @@ class Simulator:
         await self.stop()
         self.folders.cleanup()
 
+    def broadcast_status(self) -> None:
+        """Send every socket a ``status`` message now, as a queue change does."""
+        if self._services is not None:
+            self._services.hub.broadcast_status()
+
     async def __aenter__(self) -> Simulator:
         if not self.running:
             await self.start()

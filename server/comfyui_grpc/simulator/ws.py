@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import hostile
 from .faults import Faults
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class SocketHub:
             self._publisher = None
 
     # -- queries used by the executor ---------------------------------------
+    def faults(self) -> Faults:
+        return self._get_faults()
+
     def supports_preview_metadata(self, sid: str | None) -> bool:
         sock = self.sockets.get(sid) if sid is not None else None
         return bool(sock and sock.feature_flags.get("supports_preview_metadata"))
@@ -120,7 +124,7 @@ class SocketHub:
             if isinstance(event, int):
                 await sock.ws.send_bytes(struct.pack(">I", event) + bytes(data))
             else:
-                await sock.ws.send_str(json.dumps({"type": event, "data": data}))
+                await sock.ws.send_str(hostile.message_text(event, data, self._get_faults()))
         except (ConnectionError, RuntimeError) as exc:
             log.debug("send to %s failed: %s", sock.sid, exc)
             return

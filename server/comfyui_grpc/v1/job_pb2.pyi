@@ -212,7 +212,8 @@ class JobError(_message.Message):
     """A stable, machine-readable cause, UPPER_SNAKE_CASE:
     `EXECUTION_ERROR` (a node raised), `STORAGE_FAILED`, `BACKEND_LOST`
     (the ComfyUI backend went away or forgot the prompt), `VALIDATION_FAILED`,
-    `OUTPUT_MISSING`.
+    `OUTPUT_MISSING`, `OUTPUT_TOO_LARGE` (an output file over the gateway's
+    `--max-output-bytes`).
     """
     message: _builtins.str
     """Human-readable explanation a caller can act on."""
