@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, heap, logs
-from .app import Gateway
+from .app import Gateway, PortUnavailable
 from .config import Settings, add_arguments, describe, settings_from_args
 
 log = logging.getLogger("comfyui_grpc")
@@ -74,7 +75,12 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
     from .simulator import Simulator
 
     simulator = Simulator(output_dir=args.simulator_dir, step_seconds=args.step_seconds)
-    await simulator.start(host="127.0.0.1", port=args.simulator_port)
+    try:
+        await simulator.start(host="127.0.0.1", port=args.simulator_port)
+    except OSError as exc:
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+        port = args.simulator_port
+        raise PortUnavailable("simulator", "--simulator-port", "127.0.0.1", port, why) from None
     try:
         gateway = Gateway(dataclasses.replace(settings, comfyui_urls=(simulator.url,)))
         await gateway.start()
@@ -132,9 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     for line in describe(settings):
         log.info("setting %s", line)
-    with contextlib.suppress(KeyboardInterrupt):
-        if args.command == "serve":
-            asyncio.run(_serve(settings))
-        else:
-            asyncio.run(_dev(args, settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            if args.command == "serve":
+                asyncio.run(_serve(settings))
+            else:
+                asyncio.run(_dev(args, settings))
+    except PortUnavailable as exc:
+        print(f"comfyui-grpc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
