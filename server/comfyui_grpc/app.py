@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -271,9 +272,25 @@ class Gateway:
         await self.service.tasks.wait(max(0.0, deadline - loop.time()))
         if self.server is not None:
             await self.server.stop(max(0.0, min(1.0, deadline - loop.time())))
+        left = self._jobs_left()
         await self.service.close()
         for backend in self.pool:
             await backend.close()
         await self.store.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.server is not None:  # a start that failed has said why already
+            log.info("stopped; %s", left)
+
+    def _jobs_left(self) -> str:
+        """Unfinished jobs at stop and where they are, for the "stopped" line."""
+        counts = Counter(job.state.value for job in self.service.registry if not job.terminal)
+        if not counts:
+            return "jobs left: 0"
+        by_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        where = (
+            f"recorded in {self.settings.state_path}, resumed at the next start"
+            if self.settings.state_path
+            else "not recorded (no --state-path): ComfyUI may finish them, unstored"
+        )
+        return f"jobs left: {sum(counts.values())} ({by_state}) in ComfyUI, {where}"
