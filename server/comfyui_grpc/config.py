@@ -266,6 +266,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if option.attr == "comfyui_urls":
             kwargs["action"] = "append"
             kwargs["type"] = _urls
+        elif option.parse is _flag:  # a switch, as a user expects: --x / --no-x
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = None
         else:
             kwargs["type"] = option.parse
         parser.add_argument(option.flag, **kwargs)
