@@ -139,7 +139,7 @@ async def test_generate_video_as_json_and_the_other_commands(
         assert final.state is JobState.CANCELLED
         code, out, err = await cli(gateway, "result", handle.job_id)
         assert code == 3
-        assert "CANCELLED" in out
+        assert f"job {handle.job_id}: cancelled" in out
 
 
 async def test_errors_are_one_line_with_code_and_fields(gateway: Gateway) -> None:
