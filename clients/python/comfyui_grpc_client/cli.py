@@ -13,6 +13,7 @@ Errors are one line on stderr, never a traceback. Exit codes: 0 success,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,9 +36,9 @@ from .credentials import (
     TOKEN_ENV,
     TLSConfig,
 )
-from .errors import GenerationError, JobCancelledError, JobFailedError
+from .errors import GenerationError, JobCancelledError, JobFailedError, UnavailableError
 from .models import Artifact, Job, JobState, Priority, VideoFormat
-from .progress import ProgressUpdate
+from .progress import EventKind, ProgressUpdate
 from .requests import image_request, video_request
 from .sync import Client
 
@@ -277,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=None,
         help="replay events after this sequence (0: all)",
+    )
+    watch.add_argument(
+        "--reconnect-for",
+        type=_seconds,
+        default=120.0,
+        help="seconds to keep reconnecting when the gateway goes away (default 120)",
     )
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
     watch.set_defaults(handler=cmd_watch)
@@ -543,15 +550,49 @@ def _update_dict(update: ProgressUpdate) -> dict[str, Any]:
 
 
 def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """Follow a job; when the gateway goes away (restart, rolling update), say
+    so once and keep reopening the stream after the last event seen for up to
+    ``--reconnect-for`` seconds, so nothing is missed or shown twice."""
     display = ProgressDisplay(console.err, show_snapshot=args.after is None)
     last: ProgressUpdate | None = None
+    away_since: float | None = None
+    attempt = 0
     try:
-        for update in client.watch(args.job_id, after_sequence=args.after):
-            last = update
-            if args.json:
-                console.print(json.dumps(_update_dict(update)))
-            else:
-                display.update(update)
+        while True:
+            after = args.after if last is None else last.sequence
+            try:
+                resumed = last is not None
+                for update in client.watch(args.job_id, after_sequence=after):
+                    if away_since is not None:
+                        console.note(f"reconnected; following job {args.job_id} again")
+                        away_since, attempt = None, 0
+                    if resumed and last is not None:
+                        if update.kind is EventKind.SNAPSHOT:
+                            continue  # resumed: what changed meanwhile follows as events
+                        # A job's fraction never goes back; a resumed stream
+                        # starts counting afresh, so carry the last one forward.
+                        update = dataclasses.replace(
+                            update, fraction=max(update.fraction, last.fraction)
+                        )
+                    last = update
+                    if args.json:
+                        console.print(json.dumps(_update_dict(update)))
+                    else:
+                        display.update(update)
+                break
+            except UnavailableError as exc:
+                now = time.monotonic()
+                if away_since is None:
+                    away_since = now
+                    display.clear()
+                    console.note(
+                        f"lost the gateway ({exc.one_line()}); reconnecting for up to "
+                        f"{args.reconnect_for:g} s (Ctrl-C stops watching)"
+                    )
+                if now - away_since >= args.reconnect_for:
+                    raise
+                attempt += 1
+                time.sleep(min(5.0, 0.25 * 2 ** min(attempt, 5)))
     except KeyboardInterrupt:
         display.clear()
         console.note(f"stopped watching; job {args.job_id} keeps running")
@@ -657,6 +698,15 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except (JobFailedError, JobCancelledError) as exc:
         console.note(f"comfyui-grpc: {exc.one_line()}")
         return EXIT_JOB
+    except UnavailableError as exc:
+        if exc.domain:  # the gateway answered: ComfyUI or the store is down
+            console.note(f"comfyui-grpc: error: {exc.one_line()}")
+        else:  # the transport failed: the gateway itself is gone or not there
+            console.note(
+                f"comfyui-grpc: error: cannot reach the gateway at {client.config.target} "
+                f"(stopped, restarting or not started?): {exc.one_line()}"
+            )
+        return EXIT_ERROR
     except GenerationError as exc:
         console.note(f"comfyui-grpc: error: {exc.one_line()}")
         return EXIT_ERROR
