@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
     jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument(
+        "--ids",
+        action="store_true",
+        help="print only the job ids, one per line, in the table's order (for scripts: "
+        "JOB_ID=$(comfyui-grpc jobs --ids --limit 1))",
+    )
     jobs.set_defaults(handler=cmd_jobs)
 
     watch = command("watch", "follow a job's progress until it ends")
@@ -522,6 +528,10 @@ def cmd_generate(client: Client, args: argparse.Namespace, console: Console) -> 
 
 def cmd_jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
     jobs = list(client.iter_jobs(args.state, limit=args.limit))
+    if args.ids:
+        for job in jobs:
+            console.print(job.job_id)
+        return EXIT_OK
     if args.json:
         console.json([job_dict(j) for j in jobs])
         return EXIT_OK
