@@ -8,7 +8,10 @@ uploads get the grace period, then backends and the store are closed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,33 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+class PortUnavailable(OSError):
+    """A port the gateway was told to listen on cannot be had (usually another
+    process holds it): one line for the operator, exit code 2 from the CLI."""
+
+    def __init__(self, what: str, flag: str, host: str, port: int, why: str) -> None:
+        super().__init__(
+            f"{what} port {port} on {host} {why}; "
+            f"stop the process holding it or choose another with {flag}"
+        )
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound, found by trying; "" when it can.
+
+    Asked before gRPC binds: gRPC core only says that binding failed, in a
+    log line of its own on stderr.
+    """
+    try:
+        with socket.create_server((host.strip("[]"), port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "is already in use"
+        return f"cannot be bound ({exc.strerror or exc})"
+    return ""
+
+
 class Gateway:
     def __init__(
         self,
@@ -130,6 +160,9 @@ class Gateway:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Own the port: with SO_REUSEPORT a second gateway would bind the
+            # same port silently and the kernel would split callers between them.
+            ("grpc.so_reuseport", 0),
         ]
 
     def _add_backend(self, url: str) -> Backend:
@@ -216,12 +249,19 @@ class Gateway:
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
         address = f"{self.settings.host}:{self.settings.port}"
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        host, port = self.settings.host, self.settings.port
+        if port and (why := bind_problem(host, port)):
+            raise PortUnavailable("gRPC", "--port", host, port, why)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind the gRPC port at {address}")
+            why = bind_problem(host, port) or "could not be bound"
+            raise PortUnavailable("gRPC", "--port", host, port, why)
         await self.monitor.check_once()
         self._tasks.spawn(self.monitor.run(), "health monitor")
         await server.start()
@@ -229,7 +269,14 @@ class Gateway:
         if self.settings.metrics_port >= 0:
             self.metrics_server = MetricsServer(self.metrics.registry)
             metrics_host = self.settings.metrics_host or self.settings.host  # where gRPC binds
-            await self.metrics_server.start(metrics_host, self.settings.metrics_port)
+            try:
+                await self.metrics_server.start(metrics_host, self.settings.metrics_port)
+            except OSError as exc:
+                why = "is already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+                port = self.settings.metrics_port
+                raise PortUnavailable(
+                    "metrics", "--metrics-port", metrics_host, port, why
+                ) from None
         log.info(
             "gRPC server listening on %s (port %d, %s, %s)",
             address,
@@ -261,9 +308,25 @@ class Gateway:
         await self.service.tasks.wait(max(0.0, deadline - loop.time()))
         if self.server is not None:
             await self.server.stop(max(0.0, min(1.0, deadline - loop.time())))
+        left = self._jobs_left()
         await self.service.close()
         for backend in self.pool:
             await backend.close()
         await self.store.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.server is not None:  # a start that failed has said why already
+            log.info("stopped; %s", left)
+
+    def _jobs_left(self) -> str:
+        """Unfinished jobs at stop and where they are, for the "stopped" line."""
+        counts = Counter(job.state.value for job in self.service.registry if not job.terminal)
+        if not counts:
+            return "jobs left: 0"
+        by_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        where = (
+            f"recorded in {self.settings.state_path}, resumed at the next start"
+            if self.settings.state_path
+            else "not recorded (no --state-path): ComfyUI may finish them, unstored"
+        )
+        return f"jobs left: {sum(counts.values())} ({by_state}) in ComfyUI, {where}"

@@ -10,61 +10,95 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__, heap, logs
-from .app import Gateway
+from .app import Gateway, PortUnavailable
+from .backends.diagnosis import check_at_start
 from .config import Settings, add_arguments, describe, settings_from_args
 from .exposure import exposure_problem
 
 log = logging.getLogger("comfyui_grpc")
 
+START_CHECK_SECONDS = 6.0
+"""How long ``serve`` waits for each backend's first answer before reporting it
+(a little over the socket's 5 s open timeout, so a silent host is reported)."""
 
-async def _until_signalled() -> None:
+
+@contextlib.contextmanager
+def _signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM, installed before anything starts so a
+    signal during start-up stops the gateway cleanly instead of killing it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
 async def _serve(settings: Settings) -> None:
-    gateway = Gateway(settings)
-    await gateway.start()
-    heap.settle_after_start()
-    try:
-        await _until_signalled()
-        log.info("shutting down (grace %.0f s)", settings.shutdown_grace_seconds)
-    finally:
-        await gateway.stop()
+    with _signals() as stop:
+        gateway = Gateway(settings)
+        try:
+            await gateway.start()
+            await check_at_start(list(gateway.pool), timeout=START_CHECK_SECONDS)
+            heap.settle_after_start()
+            await stop.wait()
+            log.info("shutting down (grace %.0f s)", settings.shutdown_grace_seconds)
+        finally:
+            await gateway.stop()
 
 
-def _print_banner(settings: Settings, port: int, comfyui: str) -> None:
+def runnable(name: str) -> str:
+    """How to type ``name`` so it runs from this shell: the bare name when it is
+    on PATH, else its path in this interpreter's bin directory (``make run``
+    installs into ``.venv/bin``, which a fresh shell does not have on PATH)."""
+    found = shutil.which(name)
+    local = Path(sys.executable).parent / name
+    if found is not None and Path(found).resolve() == local.resolve():
+        return name
+    if found is None and local.exists():
+        with contextlib.suppress(ValueError):
+            return str(local.absolute().relative_to(Path.cwd()))
+        return str(local.absolute())
+    return name
+
+
+def _print_banner(settings: Settings, port: int, comfyui: str, metrics_port: int) -> None:
     target = f"localhost:{port}"
+    grpcurl = runnable("grpcurl")
+    cli = runnable("comfyui-grpc")
+    client_target = "" if port == 50051 else f" --target {target}"
+    metrics = f"http://localhost:{metrics_port}/metrics" if metrics_port else "off"
     print(
         f"""
 comfyui-grpc {__version__} (dev) is ready.
   gRPC       {target}   (reflection {"on: no proto files needed" if settings.reflection else "off"})
   ComfyUI    {comfyui}   (simulator)
   artifacts  {settings.storage.local_dir if settings.storage.s3 is None else "s3"}
+  metrics    {metrics}
 
 Try it:
-  grpcurl -plaintext {target} list
-  grpcurl -plaintext \\
+  {cli} generate "a lighthouse at dusk" --size 512x512 --out out/{client_target}
+  {cli} jobs{client_target}
+  {grpcurl} -plaintext {target} list
+  {grpcurl} -plaintext \\
       -d '{{"text_to_image": {{"prompt": "a lighthouse at dusk", "width": 512, "height": 512}}}}' \\
       {target} comfyui_grpc.v1.GenerationService/Generate
-  grpcurl -plaintext -d '{{"job_id": "JOB_ID", "after_sequence": 0}}' \\
+  {grpcurl} -plaintext -d '{{"job_id": "JOB_ID", "after_sequence": 0}}' \\
       {target} comfyui_grpc.v1.GenerationService/StreamProgress
-  grpcurl -plaintext -d '{{"job_id": "JOB_ID", "wait_timeout": "60s"}}' \\
+  {grpcurl} -plaintext -d '{{"job_id": "JOB_ID", "wait_timeout": "60s"}}' \\
       {target} comfyui_grpc.v1.GenerationService/GetResult
 
 Ctrl-C stops everything.""",
@@ -73,18 +107,29 @@ Ctrl-C stops everything.""",
 
 
 async def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    with _signals() as stop:
+        await _dev_until(args, settings, stop)
+
+
+async def _dev_until(args: argparse.Namespace, settings: Settings, stop: asyncio.Event) -> None:
     from .simulator import Simulator
 
     simulator = Simulator(output_dir=args.simulator_dir, step_seconds=args.step_seconds)
-    await simulator.start(host="127.0.0.1", port=args.simulator_port)
+    try:
+        await simulator.start(host="127.0.0.1", port=args.simulator_port)
+    except OSError as exc:
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+        port = args.simulator_port
+        raise PortUnavailable("simulator", "--simulator-port", "127.0.0.1", port, why) from None
     try:
         gateway = Gateway(dataclasses.replace(settings, comfyui_urls=(simulator.url,)))
         await gateway.start()
         try:
             await gateway.wait_backends(5.0)
             heap.settle_after_start()
-            _print_banner(settings, gateway.port, simulator.url)
-            await _until_signalled()
+            metrics_port = gateway.metrics_server.port if gateway.metrics_server else 0
+            _print_banner(settings, gateway.port, simulator.url, metrics_port)
+            await stop.wait()
         finally:
             await gateway.stop(grace=min(settings.shutdown_grace_seconds, 5.0))
     finally:
@@ -139,9 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     for line in describe(settings):
         log.info("setting %s", line)
-    with contextlib.suppress(KeyboardInterrupt):
-        if args.command == "serve":
-            asyncio.run(_serve(settings))
-        else:
-            asyncio.run(_dev(args, settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            if args.command == "serve":
+                asyncio.run(_serve(settings))
+            else:
+                asyncio.run(_dev(args, settings))
+    except PortUnavailable as exc:
+        print(f"comfyui-grpc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return 0

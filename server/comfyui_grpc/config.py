@@ -385,8 +385,9 @@ _REPEATED = ("comfyui_urls", "comfyui_headers")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"dest": option.attr, "help": f"{option.help} [{option.env}]"}
-        if option.switch:
+        if option.switch or option.parse is _flag:  # a switch: --x / --no-x
             kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = None
         else:
             kwargs["type"] = option.parse
         if option.attr in _REPEATED:

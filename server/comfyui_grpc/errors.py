@@ -75,6 +75,17 @@ class ResourceExhausted(GatewayError):
 class Unavailable(GatewayError):
     reason = "UNAVAILABLE"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_seconds = retry_after_seconds
+        """Sent as RetryInfo when set: how long retrying is pointless."""
+
 
 class Unauthenticated(GatewayError):
     reason = "UNAUTHENTICATED"

@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from client_testkit import TerminalOutput, read_bytes, slow_workflow
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.simulator import Simulator
@@ -23,6 +25,31 @@ def cli_env(gateway: Gateway) -> dict[str, str]:
     env["COMFYUI_GRPC_TARGET"] = f"127.0.0.1:{gateway.port}"
     env.pop("COMFYUI_GRPC_TOKEN", None)
     return env
+
+
+# The CLI as a person at a terminal runs it: with Ctrl-C delivered. A parent
+# that ignores SIGINT (background jobs of a non-interactive shell, some CI
+# runners) hands that on to its children, and Python then never raises
+# KeyboardInterrupt, so the Ctrl-C tests restore the default first.
+INTERACTIVE_CLI = (
+    sys.executable,
+    "-c",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from comfyui_grpc_client.cli import main; sys.exit(main())",
+)
+
+
+@pytest.fixture(params=["default", "ignored"])
+def parent_sigint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with SIGINT as the test process got it, and ignored."""
+    if request.param == "default":
+        yield request.param
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield request.param
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def cli(gateway: Gateway, *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -139,7 +166,7 @@ async def test_generate_video_as_json_and_the_other_commands(
         assert final.state is JobState.CANCELLED
         code, out, err = await cli(gateway, "result", handle.job_id)
         assert code == 3
-        assert "CANCELLED" in out
+        assert f"job {handle.job_id}: cancelled" in out
 
 
 async def test_errors_are_one_line_with_code_and_fields(gateway: Gateway) -> None:
@@ -170,15 +197,13 @@ async def _read_until(stream: asyncio.StreamReader, needle: bytes, seen: bytearr
 
 
 async def test_ctrl_c_on_a_terminal_asks_and_cancels(
-    gateway: Gateway, simulator: Simulator, tmp_path: Path
+    gateway: Gateway, simulator: Simulator, tmp_path: Path, parent_sigint: str
 ) -> None:
     """A pseudo-terminal: the live bar redraws in place, and Ctrl-C asks."""
     simulator.faults.step_seconds = 0.05  # 200 steps: ten seconds to interrupt in
     controller, terminal = os.openpty()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "comfyui_grpc_client",
+        *INTERACTIVE_CLI,
         "generate",
         "slow",
         "--size",
@@ -217,13 +242,11 @@ async def test_ctrl_c_on_a_terminal_asks_and_cancels(
 
 
 async def test_ctrl_c_without_a_terminal_keeps_the_job(
-    gateway: Gateway, simulator: Simulator
+    gateway: Gateway, simulator: Simulator, parent_sigint: str
 ) -> None:
     simulator.faults.step_seconds = 0.05
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "comfyui_grpc_client",
+        *INTERACTIVE_CLI,
         "generate",
         "slow",
         "--size",

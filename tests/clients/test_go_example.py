@@ -45,6 +45,16 @@ async def test_go_example_generates_an_image(gateway: Gateway, tmp_path: Path) -
     data = read_bytes(Path(path))
     assert data.startswith(b"\x89PNG")
     assert data == read_bytes(gateway.settings.storage.local_dir / key)
+    assert Path(path).name.startswith(key.split("/")[0][:8] + "-")
+
+    # A second run into the same folder keeps the first run's file.
+    code, out, err = await run(
+        str(binary), "-size", "64", "-steps", "1", "-out", str(out_dir), "a lighthouse", env=env
+    )
+    assert code == 0, err
+    second = Path(out.split()[0])
+    assert second != Path(path)
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([Path(path).name, second.name])
 
     code, out, err = await run(str(binary), "-size", "7", "x", env=env)
     assert code == 1

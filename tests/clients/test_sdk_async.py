@@ -98,7 +98,7 @@ async def test_async_iterator_handle_and_video(gateway: Gateway, tmp_path: Path)
         result = await handle.result()
         assert result.job_id == handle.job_id
         assert [p.name for p in await result.download_all(tmp_path)] == [
-            a.filename for a in result.artifacts
+            f"{result.job_id[:8]}-{a.filename}" for a in result.artifacts
         ]
 
         video = await client.generate_video(
@@ -313,4 +313,4 @@ async def test_download_through_a_presigned_url(gateway: Gateway, tmp_path: Path
         bad = dataclasses.replace(good, filename="bad.png", sha256="0" * 64)
         with pytest.raises(ChecksumMismatchError):
             await client.download_url(bad, out)
-    assert sorted(p.name for p in out.iterdir()) == ["picture.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["j-picture.png"]

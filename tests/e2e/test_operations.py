@@ -71,6 +71,9 @@ async def test_metrics_after_a_job_are_right_and_promtool_clean(
         values["comfyui_grpc_artifact_uploaded_bytes_total"] == result.job.artifacts[0].size_bytes
     )
     assert values[f'comfyui_grpc_backend_up{{backend="{simulator.url}"}}'] == 1
+    # Reopened sockets only ever add up: a counter, so rate() works on it.
+    assert values[f'comfyui_grpc_backend_socket_reconnects_total{{backend="{simulator.url}"}}'] == 0
+    assert "# TYPE comfyui_grpc_backend_socket_reconnects_total counter" in text
     assert values["comfyui_grpc_job_execution_seconds_count"] == 1
     assert values["comfyui_grpc_progress_streams"] == 0
 

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -203,7 +202,6 @@ func save(ctx context.Context, client v1.GenerationServiceClient, jobID string, 
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, artifact.Filename)
 	digest := sha256.New()
 	var data []byte
 	for {
@@ -220,7 +218,8 @@ func save(ctx context.Context, client v1.GenerationServiceClient, jobID string, 
 	if sum := hex.EncodeToString(digest.Sum(nil)); sum != artifact.Sha256 {
 		return "", fmt.Errorf("artifact %s: sha256 %s, expected %s", artifact.Key, sum, artifact.Sha256)
 	}
-	return path, os.WriteFile(path, data, 0o644)
+	// JOBID8-name, numbered when taken: a second run never replaces the first's files.
+	return saveNew(dir, jobID, artifact.Filename, data)
 }
 
 // retry runs call again while it fails UNAVAILABLE; safe for Generate because

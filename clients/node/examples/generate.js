@@ -6,9 +6,10 @@
 // The gateway is COMFYUI_GRPC_TARGET (default localhost:50051); a bearer
 // token is read from COMFYUI_GRPC_TOKEN.
 
-import { mkdir, writeFile } from "node:fs/promises";
-import path from "node:path";
+import { mkdir } from "node:fs/promises";
 import { parseArgs } from "node:util";
+
+import { saveNew } from "../src/files.js";
 
 import { ComfyUIGrpcClient, GatewayError, JobError, TERMINAL_EVENTS, eventFraction } from "../src/index.js";
 
@@ -51,8 +52,8 @@ try {
   );
   await mkdir(values.out, { recursive: true });
   for (const artifact of job.artifacts) {
-    const file = path.join(values.out, artifact.filename);
-    await writeFile(file, await client.readArtifact(job.job_id, artifact));
+    // JOBID8-name, numbered when taken: a second run never replaces the first's files.
+    const file = await saveNew(values.out, job.job_id, artifact.filename, await client.readArtifact(job.job_id, artifact));
     console.log(`${file}  key=${artifact.key}  ${artifact.content_type}  ${artifact.size_bytes} bytes`);
   }
 } catch (error) {

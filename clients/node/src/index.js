@@ -14,6 +14,8 @@ import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
+export { jobFileName, safeName, saveNew } from "./files.js";
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** Where the service's .proto files live: the repository's `protos/` folder. */

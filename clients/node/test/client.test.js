@@ -4,14 +4,22 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-import { ComfyUIGrpcClient, DEFAULT_PROTOS_DIR, GatewayError, loadProtos } from "../src/index.js";
+import {
+  ComfyUIGrpcClient,
+  DEFAULT_PROTOS_DIR,
+  GatewayError,
+  jobFileName,
+  loadProtos,
+  safeName,
+  saveNew,
+} from "../src/index.js";
 
 const target = process.env.COMFYUI_GRPC_TARGET;
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -23,6 +31,31 @@ test("the service loads from the repository's protos", () => {
   const methods = Object.keys(v1.GenerationService.service);
   for (const name of ["Generate", "StreamProgress", "CancelJob", "GetResult", "ListJobs", "UploadInput", "ReadArtifact"]) {
     assert.ok(methods.includes(name), `${name} is missing`);
+  }
+});
+
+test("saveNew keeps to its folder and never overwrites", async () => {
+  const root = await mkdtemp(path.join(tmpdir(), "comfyui-grpc-node-files-"));
+  try {
+    const dir = path.join(root, "box");
+    await mkdir(dir);
+    const hostile = ["/tmp/absolute.png", "../../escape.png", "..\\..\\escape.png", "a/b/c.png", "..", "", ".hidden"];
+    const written = [];
+    for (const name of hostile) {
+      const file = await saveNew(dir, "0123abcd-ffff", name, Buffer.from(name));
+      assert.equal(path.dirname(file), dir, name);
+      written.push(file);
+    }
+    assert.equal(new Set(written).size, hostile.length);
+    assert.deepEqual(await readdir(root), ["box"]);
+    assert.equal(safeName("../x.png"), "x.png");
+    assert.equal(jobFileName("0123abcd-ffff", "image_00001_.png"), "0123abcd-image_00001_.png");
+    const again = await saveNew(dir, "0123abcd-ffff", "image_00001_.png", "1");
+    const twice = await saveNew(dir, "0123abcd-ffff", "image_00001_.png", "2");
+    assert.equal(path.basename(twice), "0123abcd-image_00001_-2.png");
+    assert.equal(await readFile(again, "utf8"), "1");
+  } finally {
+    await rm(root, { recursive: true, force: true });
   }
 });
 
@@ -89,15 +122,23 @@ describe("against the gateway", { skip: target ? false : "COMFYUI_GRPC_TARGET is
   test("the example generates an image and prints progress", async () => {
     const out = await mkdtemp(path.join(tmpdir(), "comfyui-grpc-node-"));
     try {
-      const { stdout, stderr } = await promisify(execFile)(
-        process.execPath,
-        [path.join(here, "..", "examples", "generate.js"), "a paper boat", "--size", "64x64", "--steps", "3", "--out", out],
-        { env: { ...process.env, COMFYUI_GRPC_TARGET: target } },
-      );
+      const example = () =>
+        promisify(execFile)(
+          process.execPath,
+          [path.join(here, "..", "examples", "generate.js"), "a paper boat", "--size", "64x64", "--steps", "3", "--out", out],
+          { env: { ...process.env, COMFYUI_GRPC_TARGET: target } },
+        );
+      const { stdout, stderr } = await example();
       assert.match(stderr, /100% succeeded succeeded/);
       const [file] = await readdir(out);
+      assert.match(file, /^[0-9a-f]{8}-.+\.png$/);
       assert.ok(stdout.startsWith(path.join(out, file)));
       assert.equal((await readFile(path.join(out, file))).subarray(1, 4).toString(), "PNG");
+      // A second run into the same folder keeps the first run's file.
+      const second = await example();
+      const files = (await readdir(out)).sort();
+      assert.equal(files.length, 2);
+      assert.ok(second.stdout.startsWith(path.join(out, files.find((f) => f !== file))));
     } finally {
       await rm(out, { recursive: true, force: true });
     }

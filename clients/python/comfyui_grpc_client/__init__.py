@@ -8,7 +8,17 @@
 
 :class:`AsyncClient` is the asyncio twin. Only grpcio, protobuf and the
 generated stubs are needed: none of the server's dependencies.
+
+Importing the SDK first asks gRPC core for errors only (``GRPC_VERBOSITY``
+``ERROR``, unless the variable is set): its INFO lines on stderr, such as
+``chttp2_transport.cc ... Got goaway`` when a gateway restarts, are transport
+chatter the SDK already turns into typed errors. gRPC reads the variable
+once, when it is first imported.
 """
+
+import os as _os
+
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from .client import (
     AsyncClient,

@@ -13,6 +13,7 @@ Errors are one line on stderr, never a traceback. Exit codes: 0 success,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,15 +36,20 @@ from .credentials import (
     TOKEN_ENV,
     TLSConfig,
 )
-from .errors import GenerationError, JobCancelledError, JobFailedError
+from .errors import GenerationError, JobCancelledError, JobFailedError, UnavailableError
 from .models import Artifact, Job, JobState, Priority, VideoFormat
-from .progress import ProgressUpdate
+from .progress import EventKind, ProgressUpdate
 from .requests import image_request, video_request
 from .sync import Client
 
 SERVER_COMMANDS = frozenset({"serve", "dev", "simulator"})
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOB, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 call failed (or the gateway went away), 2 usage, "
+    "3 job failed/cancelled, 130 interrupted."
+)
 
 VIDEO_FORMATS = {"mp4": VideoFormat.H264_MP4, "gif": VideoFormat.GIF, "webp": VideoFormat.WEBP}
 
@@ -72,11 +78,55 @@ class Console:
 
 
 def _size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT, both positive: the API reads 0 as "the default", so a 0
+    here would silently become 1024 (or 512 for video)."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1024x1024") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: width and height must be positive, e.g. 1024x1024"
+        )
     return width, height
+
+
+def _positive(text: str) -> int:
+    """A whole number above 0 (0 would mean "the default" to the API)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -140,7 +190,7 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     )
     group.add_argument(
         "--timeout",
-        type=float,
+        type=_above_zero,
         default=default(DEFAULT_TIMEOUT),
         help=f"seconds allowed for each call, retries included (default {DEFAULT_TIMEOUT:g})",
     )
@@ -150,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfyui-grpc",
         description="Generate images and videos through a comfyui-grpc gateway.",
-        epilog="Exit codes: 0 ok, 1 call failed, 2 usage, 3 job failed/cancelled, 130 interrupted.",
+        epilog=EXIT_CODES,
     )
     _connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -158,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_commands: list[argparse.ArgumentParser] = []
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES)
         client_commands.append(sub)
         return sub
 
@@ -166,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument("--negative", default="", help="what to avoid")
     gen.add_argument("--video", action="store_true", help="make an AnimateDiff video")
-    gen.add_argument("--frames", type=int, default=0, help="video frames (default 16)")
-    gen.add_argument("--fps", type=float, default=None, help="video frames per second (default 8)")
+    gen.add_argument("--frames", type=_positive, default=0, help="video frames (default 16)")
+    gen.add_argument(
+        "--fps", type=_above_zero, default=None, help="video frames per second (default 8)"
+    )
     gen.add_argument(
         "--format", choices=sorted(VIDEO_FORMATS), default=None, help="video format (default mp4)"
     )
@@ -177,17 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="WIDTHxHEIGHT (default 1024x1024, video 512x512)",
     )
-    gen.add_argument("--steps", type=int, default=0, help="sampling steps (default 20)")
+    gen.add_argument("--steps", type=_positive, default=0, help="sampling steps (default 20)")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default 7)")
-    gen.add_argument("--seed", type=int, default=None, help="noise seed (default random)")
+    gen.add_argument("--seed", type=_non_negative, default=None, help="noise seed (default random)")
     gen.add_argument("--sampler", default="", help="KSampler sampler name")
     gen.add_argument("--scheduler", default="", help="KSampler scheduler")
     gen.add_argument("--checkpoint", default="", help="checkpoint file name")
-    gen.add_argument("--batch", type=int, default=0, help="images per job (default 1)")
+    gen.add_argument("--batch", type=_positive, default=0, help="images per job (default 1)")
     gen.add_argument(
         "--label", type=_label, action="append", default=[], help="KEY=VALUE label; repeatable"
     )
-    gen.add_argument("--priority", choices=["normal", "high"], default=None)
+    gen.add_argument(
+        "--priority",
+        choices=["normal", "high"],
+        default=None,
+        help="high runs before waiting normal jobs (default normal)",
+    )
     gen.add_argument(
         "--request-id", default=None, help="idempotency key; re-running with it resumes the job"
     )
@@ -210,14 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument(
         "--state", type=_state, action="append", default=[], help="only this state; repeatable"
     )
-    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    jobs.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
     jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument(
+        "--ids",
+        action="store_true",
+        help="print only the job ids, one per line, in the table's order (for scripts: "
+        "JOB_ID=$(comfyui-grpc jobs --ids --limit 1))",
+    )
     jobs.set_defaults(handler=cmd_jobs)
 
     watch = command("watch", "follow a job's progress until it ends")
     watch.add_argument("job_id")
     watch.add_argument(
-        "--after", type=int, default=None, help="replay events after this sequence (0: all)"
+        "--after",
+        type=_non_negative,
+        default=None,
+        help="replay events after this sequence (0: all)",
+    )
+    watch.add_argument(
+        "--reconnect-for",
+        type=_seconds,
+        default=120.0,
+        help="seconds to keep reconnecting when the gateway goes away (default 120)",
     )
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
     watch.set_defaults(handler=cmd_watch)
@@ -230,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     result = command("result", "show a job's outputs (optionally wait, save)")
     result.add_argument("job_id")
     result.add_argument(
-        "--wait", type=float, default=0.0, help="seconds to wait for the job to end"
+        "--wait", type=_seconds, default=0.0, help="seconds to wait for the job to end"
     )
     result.add_argument(
-        "--presign", type=float, default=None, help="add presigned URLs valid this many seconds"
+        "--presign", type=_seconds, default=None, help="add presigned URLs valid this many seconds"
     )
     result.add_argument("--out", type=Path, default=None, help="save the outputs here")
     result.add_argument("--json", action="store_true", help="print the job as JSON")
@@ -242,8 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload = command("upload", "upload an input image for image-to-image workflows")
     upload.add_argument("path", type=Path)
     upload.add_argument("--name", default=None, help="file name to store (default: the path's)")
-    upload.add_argument("--subfolder", default="")
-    upload.add_argument("--overwrite", action="store_true")
+    upload.add_argument(
+        "--subfolder", default="", help="ComfyUI input subfolder to store it in (default: none)"
+    )
+    upload.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a file of the same name (default: ComfyUI picks a new name)",
+    )
     upload.add_argument("--json", action="store_true", help="print JSON")
     upload.set_defaults(handler=cmd_upload)
 
@@ -380,7 +458,7 @@ def _interrupted(client: Client, console: Console, job_id: str, policy: str) -> 
             policy = "keep"
     if policy == "cancel":
         job = client.cancel(job_id)
-        state = job.state.name
+        state = job.state.name.lower()
         if job.state is not JobState.CANCELLED and job.cancel_requested:
             state += " (cancel requested)"
         console.note(f"job {job_id}: {state}")
@@ -450,6 +528,10 @@ def cmd_generate(client: Client, args: argparse.Namespace, console: Console) -> 
 
 def cmd_jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
     jobs = list(client.iter_jobs(args.state, limit=args.limit))
+    if args.ids:
+        for job in jobs:
+            console.print(job.job_id)
+        return EXIT_OK
     if args.json:
         console.json([job_dict(j) for j in jobs])
         return EXIT_OK
@@ -478,15 +560,49 @@ def _update_dict(update: ProgressUpdate) -> dict[str, Any]:
 
 
 def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """Follow a job; when the gateway goes away (restart, rolling update), say
+    so once and keep reopening the stream after the last event seen for up to
+    ``--reconnect-for`` seconds, so nothing is missed or shown twice."""
     display = ProgressDisplay(console.err, show_snapshot=args.after is None)
     last: ProgressUpdate | None = None
+    away_since: float | None = None
+    attempt = 0
     try:
-        for update in client.watch(args.job_id, after_sequence=args.after):
-            last = update
-            if args.json:
-                console.print(json.dumps(_update_dict(update)))
-            else:
-                display.update(update)
+        while True:
+            after = args.after if last is None else last.sequence
+            try:
+                resumed = last is not None
+                for update in client.watch(args.job_id, after_sequence=after):
+                    if away_since is not None:
+                        console.note(f"reconnected; following job {args.job_id} again")
+                        away_since, attempt = None, 0
+                    if resumed and last is not None:
+                        if update.kind is EventKind.SNAPSHOT:
+                            continue  # resumed: what changed meanwhile follows as events
+                        # A job's fraction never goes back; a resumed stream
+                        # starts counting afresh, so carry the last one forward.
+                        update = dataclasses.replace(
+                            update, fraction=max(update.fraction, last.fraction)
+                        )
+                    last = update
+                    if args.json:
+                        console.print(json.dumps(_update_dict(update)))
+                    else:
+                        display.update(update)
+                break
+            except UnavailableError as exc:
+                now = time.monotonic()
+                if away_since is None:
+                    away_since = now
+                    display.clear()
+                    console.note(
+                        f"lost the gateway ({exc.one_line()}); reconnecting for up to "
+                        f"{args.reconnect_for:g} s (Ctrl-C stops watching)"
+                    )
+                if now - away_since >= args.reconnect_for:
+                    raise
+                attempt += 1
+                time.sleep(min(5.0, 0.25 * 2 ** min(attempt, 5)))
     except KeyboardInterrupt:
         display.clear()
         console.note(f"stopped watching; job {args.job_id} keeps running")
@@ -495,7 +611,7 @@ def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int
     if last is None:
         return EXIT_ERROR
     if not args.json:
-        console.print(f"job {args.job_id}: {last.state.name}")
+        console.print(f"job {args.job_id}: {last.state.name.lower()}")
     return EXIT_OK if last.state is JobState.SUCCEEDED else EXIT_JOB
 
 
@@ -505,7 +621,7 @@ def cmd_cancel(client: Client, args: argparse.Namespace, console: Console) -> in
         console.json(job_dict(job))
     else:
         extra = " (cancel requested)" if job.cancel_requested and not job.terminal else ""
-        console.print(f"job {job.job_id}: {job.state.name}{extra}")
+        console.print(f"job {job.job_id}: {job.state.name.lower()}{extra}")
     return EXIT_OK
 
 
@@ -525,7 +641,7 @@ def cmd_result(client: Client, args: argparse.Namespace, console: Console) -> in
             item["files"] = [_artifact_dict(a, p) for a, p in saved]
         console.json(item)
     else:
-        console.print(f"job {job.job_id}: {job.state.name}")
+        console.print(f"job {job.job_id}: {job.state.name.lower()}")
         if job.error is not None:
             console.print(f"error: {job.error.reason}: {job.error.message}")
         if job.terminal:
@@ -592,9 +708,25 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except (JobFailedError, JobCancelledError) as exc:
         console.note(f"comfyui-grpc: {exc.one_line()}")
         return EXIT_JOB
+    except UnavailableError as exc:
+        if exc.domain:  # the gateway answered: ComfyUI or the store is down
+            console.note(f"comfyui-grpc: error: {exc.one_line()}")
+        else:  # the transport failed: the gateway itself is gone or not there
+            console.note(
+                f"comfyui-grpc: error: cannot reach the gateway at {client.config.target} "
+                f"(stopped, restarting or not started?): {exc.one_line()}"
+            )
+        return EXIT_ERROR
     except GenerationError as exc:
         console.note(f"comfyui-grpc: error: {exc.one_line()}")
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`comfyui-grpc jobs | head`): not an error. Point
+        # stdout at /dev/null so the interpreter's final flush stays quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
     except OSError as exc:
         console.note(f"comfyui-grpc: error: {exc}")
         return EXIT_ERROR

@@ -38,6 +38,7 @@ from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
 
+from . import files
 from .credentials import ConnectionConfig, TLSConfig, merge_metadata
 from .errors import (
     ChecksumMismatchError,
@@ -725,20 +726,20 @@ class AsyncClient:
     ) -> Path:
         """Save an artifact through ReadArtifact and verify its size and sha256.
 
-        ``dest`` is a file path, or an existing directory to save into under
-        the artifact's file name. The file appears only once verified, so a
-        partial or corrupt download never looks like a good one. A dropped
-        connection restarts the download.
+        ``dest`` is a file path, or an existing directory to save into as
+        ``JOBID8-filename`` (see :mod:`.files`: the name is reduced to a safe
+        base name and numbered when taken, so nothing is overwritten and
+        nothing lands outside the directory). The file appears only once
+        verified, so a partial or corrupt download never looks like a good
+        one. A dropped connection restarts the download.
         """
-        path = Path(dest)
-        if await asyncio.to_thread(path.is_dir):
-            path = path / artifact.filename
+        target = await asyncio.to_thread(_target, artifact, Path(dest))
         deadline = _Deadline(timeout)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._download_once(artifact, path, chunk_size, deadline)
+                return await self._download_once(artifact, target, chunk_size, deadline)
             except UnavailableError as error:
                 delay = self.retry.backoff(attempt, error)
                 if not (self.retry.retries(error, attempt) and deadline.allows(delay)):
@@ -746,9 +747,9 @@ class AsyncClient:
             await asyncio.sleep(delay)
 
     async def _download_once(
-        self, artifact: Artifact, path: Path, chunk_size: int, deadline: _Deadline
+        self, artifact: Artifact, target: _Target, chunk_size: int, deadline: _Deadline
     ) -> Path:
-        part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        part = target.part()
         digest = hashlib.sha256()
         size = 0
         handle: IO[bytes] = await asyncio.to_thread(part.open, "wb")
@@ -764,13 +765,12 @@ class AsyncClient:
                 await asyncio.to_thread(handle.write, chunk)
             await asyncio.to_thread(handle.close)
             verify_download(artifact, size, digest.hexdigest())
-            await asyncio.to_thread(os.replace, part, path)
+            return await asyncio.to_thread(target.finish, part)
         except BaseException:
             handle.close()
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.shield(asyncio.to_thread(part.unlink))
             raise
-        return path
 
     async def download_url(
         self, artifact: Artifact, dest: str | os.PathLike[str], *, timeout: float | None = None
@@ -794,8 +794,8 @@ def fetch_url(artifact: Artifact, dest: Path, timeout: float) -> Path:
     """Blocking HTTP GET of a presigned URL into ``dest``, verified like :meth:`download`."""
     import urllib.request
 
-    path = dest / artifact.filename if dest.is_dir() else dest
-    part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    target = _target(artifact, dest)
+    part = target.part()
     digest = hashlib.sha256()
     size = 0
     try:
@@ -808,10 +808,35 @@ def fetch_url(artifact: Artifact, dest: Path, timeout: float) -> Path:
                 size += len(chunk)
                 handle.write(chunk)
         verify_download(artifact, size, digest.hexdigest())
-        os.replace(part, path)
+        return target.finish(part)
     finally:
         part.unlink(missing_ok=True)
-    return path
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a download goes: a file the caller named (replaced, as asked), or
+    a directory, where the artifact gets a new file of its own."""
+
+    directory: Path
+    name: str
+    into_directory: bool
+
+    def part(self) -> Path:
+        return self.directory / f".{self.name}.{uuid.uuid4().hex[:8]}.part"
+
+    def finish(self, part: Path) -> Path:
+        if self.into_directory:
+            return files.place(part, self.directory, self.name)
+        path = self.directory / self.name
+        os.replace(part, path)
+        return path
+
+
+def _target(artifact: Artifact, dest: Path) -> _Target:
+    if dest.is_dir():
+        return _Target(dest, files.job_file_name(artifact.job_id, artifact.filename), True)
+    return _Target(dest.parent, dest.name, False)
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -9,6 +9,7 @@ stops the call in flight before it reaches the caller.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -49,20 +50,38 @@ class _LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         finished = threading.Event()
+        interrupted = threading.Event()
+        tasks: list[asyncio.Task[Any]] = []
 
         async def runner() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
             try:
+                if interrupted.is_set():
+                    coro.close()
+                    raise asyncio.CancelledError
                 return await coro
             finally:
                 finished.set()
 
-        future = asyncio.run_coroutine_threadsafe(runner(), self.loop)
+        def cancel() -> None:
+            for task in tasks:
+                task.cancel()
+
+        future: concurrent.futures.Future[T] | None = None
         try:
+            future = asyncio.run_coroutine_threadsafe(runner(), self.loop)
             return future.result()
         except KeyboardInterrupt:
             # Cancel the coroutine and let it unwind (close its RPC) before the
             # caller, e.g. the CLI's "cancel the job?" prompt, uses the client.
-            future.cancel()
+            # Ctrl-C can land while the coroutine is being handed over, before
+            # there is a future to cancel: the flag and the task cover that.
+            interrupted.set()
+            if future is not None:
+                future.cancel()
+            self.loop.call_soon_threadsafe(cancel)
             finished.wait(5.0)
             raise
 

@@ -66,9 +66,12 @@ def to_status(error: GatewayError) -> grpc.Status:
                 )
             )
         )
-    if isinstance(error, ResourceExhausted):
+    retry_after = (
+        error.retry_after_seconds if isinstance(error, ResourceExhausted | Unavailable) else None
+    )
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
+        delay.FromMilliseconds(int(retry_after * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     # Messages may quote caller input; keep them valid UTF-8 whatever it was.
     message = error.message[:4000].encode("utf-8", "backslashreplace").decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -13,6 +14,7 @@ from ..comfyui.reporting import Counter, ProtocolErrors
 from ..comfyui.socket import MAX_MESSAGE_BYTES, ComfyUISocket
 from ..redact import redact_url
 from ..tasks import DEFAULT_POLICY, CrashHandler, RestartPolicy, supervise, within
+from .diagnosis import RateLimit, cause_of
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,30 @@ class Backend:
         # next position update prunes them.
         self.waiting: set[str] = set()
         self._on_disconnect_cb = on_disconnect
+        self._on_connect_cb = on_connect
         self.socket = ComfyUISocket(
             url.rstrip("/"),
             self.client_id,
             headers=headers,
             on_message=lambda message: on_message(self, message),
-            on_connect=lambda first: on_connect(self, first),
+            on_connect=self._connected,
             on_disconnect=self._disconnected,
+            on_error=self._failed,
             deaf_after_seconds=deaf_after_seconds,
             max_message_bytes=max_message_bytes,
             errors=self.errors,
         )
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.last_error = ""
+        """Why the last connection attempt failed, e.g. "connection refused"; "" once connected."""
+        self.misconfigured = False
+        """True when ``last_error`` is one retrying will not fix (DNS, TLS, not ComfyUI)."""
+        self.down_since: float | None = time.monotonic()
+        """``time.monotonic()`` since when the socket has been down; None while connected."""
+        self.attempted = asyncio.Event()
+        """Set once the first connection attempt has succeeded or failed."""
+        self._log_limit = RateLimit()
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r})"
@@ -88,8 +102,49 @@ class Backend:
     def healthy(self) -> bool:
         return self.socket.connected.is_set()
 
+    async def _connected(self, first: bool) -> None:
+        if self.last_error:
+            log.info(
+                "connected to ComfyUI at %s (was: %s)",
+                self.url,
+                self.last_error,
+                extra={"backend": self.url},
+            )
+        self.last_error, self.misconfigured, self.down_since = "", False, None
+        self._log_limit.reset()
+        self.attempted.set()
+        await self._on_connect_cb(self, first)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A connection attempt failed or an open socket broke."""
+        if self._closing:
+            return
+        cause = cause_of(exc)
+        self.last_error, self.misconfigured = cause.text, cause.misconfigured
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.attempted.set()
+        if self._log_limit.allow(cause.text):
+            advice = "check --comfyui-url" if cause.misconfigured else "retrying"
+            log.warning(
+                "cannot reach ComfyUI at %s: %s; %s",
+                self.url,
+                cause.text,
+                advice,
+                extra={"backend": self.url},
+            )
+
     def _disconnected(self) -> None:
-        log.warning("lost the socket to ComfyUI at %s", self.url, extra={"backend": self.url})
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        if self._closing:  # we closed it ourselves: nothing went wrong
+            log.debug("closed the socket to ComfyUI at %s", self.url)
+        else:
+            log.warning(
+                "lost the socket to ComfyUI at %s; reconnecting",
+                self.url,
+                extra={"backend": self.url},
+            )
         if self._on_disconnect_cb is not None:
             self._on_disconnect_cb(self)
 
@@ -111,6 +166,7 @@ class Backend:
         return await within(self.socket.connected.wait(), timeout)
 
     async def close(self) -> None:
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from ..errors import Unavailable
 from .backend import Backend
+from .diagnosis import describe_unavailable, retry_delay_seconds
 
 
 class BackendPool:
@@ -35,8 +36,10 @@ class BackendPool:
         """The healthy backend with the fewest outstanding jobs (first listed wins ties)."""
         candidates = [b for b in self.healthy if b.url not in exclude]
         if not candidates:
+            others = [b for b in self._backends.values() if b.url not in exclude]
             raise Unavailable(
-                "no ComfyUI backend is reachable right now; retry shortly",
+                describe_unavailable(others),
                 reason="NO_BACKEND",
+                retry_after_seconds=retry_delay_seconds(others),
             )
         return min(candidates, key=lambda b: len(b.outstanding))

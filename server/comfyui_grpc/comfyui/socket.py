@@ -61,6 +61,7 @@ class ComfyUISocket:
         on_message: Callable[[Message], None],
         on_connect: Callable[[bool], Awaitable[None]],
         on_disconnect: Callable[[], None],
+        on_error: Callable[[BaseException], None] | None = None,
         backoff_initial_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
         deaf_after_seconds: float = 10.0,
@@ -77,6 +78,7 @@ class ComfyUISocket:
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_error = on_error
         self._backoff_initial = backoff_initial_seconds
         self._backoff_max = backoff_max_seconds
         self._deaf_after = deaf_after_seconds
@@ -128,6 +130,8 @@ class ComfyUISocket:
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                 self._note_closed(exc)
                 log.debug("ComfyUI socket %s: %r", self.url, exc)
+                if self._on_error is not None:
+                    self._on_error(exc)
             finally:
                 self._connection = None
                 self.disconnected.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..jobs.model import JobState
@@ -31,7 +31,7 @@ class _StateCollector(Collector):
         self._job_states = job_states
         self._backends = backends
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = dict.fromkeys(JobState, 0)
         for state in self._job_states():
             counts[state] += 1
@@ -51,7 +51,9 @@ class _StateCollector(Collector):
             "Jobs of this gateway waiting or running on the backend.",
             labels=["backend"],
         )
-        reconnects = GaugeMetricFamily(
+        # A count that only rises is a counter (exposed as ..._total), so
+        # rate() and increase() work on it.
+        reconnects = CounterMetricFamily(
             f"{NAMESPACE}_backend_socket_reconnects",
             "Times the socket to the backend was reopened since start.",
             labels=["backend"],

@@ -99,11 +99,15 @@ class TextToImage(_message.Message):
     negative_prompt: _builtins.str
     """What to avoid."""
     width: _builtins.int
-    """Image width in pixels, a multiple of 8 in [64, 4096]. Default 1024."""
+    """Image width in pixels, a multiple of 8 in [64, 4096]. 0 (unset) means the
+    default, 1024: proto3 cannot tell 0 from unset, so 0 is never a size.
+    """
     height: _builtins.int
-    """Image height in pixels, a multiple of 8 in [64, 4096]. Default 1024."""
+    """Image height in pixels, a multiple of 8 in [64, 4096]. 0 (unset) means
+    the default, 1024.
+    """
     steps: _builtins.int
-    """Sampling steps in [1, 200]. Default 20."""
+    """Sampling steps in [1, 200]. 0 (unset) means the default, 20."""
     cfg: _builtins.float
     """Classifier-free guidance scale in [0, 100]. Default 7."""
     seed: _builtins.int
@@ -115,7 +119,7 @@ class TextToImage(_message.Message):
     checkpoint: _builtins.str
     """Checkpoint file name as ComfyUI lists it. Default `sd_xl_base_1.0.safetensors`."""
     batch_size: _builtins.int
-    """Images per job in [1, 16]. Default 1."""
+    """Images per job in [1, 16]. 0 (unset) means the default, 1."""
     def __init__(
         self,
         *,
@@ -173,19 +177,23 @@ class Video(_message.Message):
     negative_prompt: _builtins.str
     """What to avoid."""
     frames: _builtins.int
-    """Number of frames in [8, 32]. Default 16."""
+    """Number of frames in [8, 32]. 0 (unset) means the default, 16."""
     fps: _builtins.float
     """Frames per second in (0, 60]. Default 8."""
     width: _builtins.int
-    """Frame width, a multiple of 8 in [64, 1024]. Default 512."""
+    """Frame width, a multiple of 8 in [64, 1024]. 0 (unset) means the default,
+    512: proto3 cannot tell 0 from unset, so 0 is never a size.
+    """
     height: _builtins.int
-    """Frame height, a multiple of 8 in [64, 1024]. Default 512."""
+    """Frame height, a multiple of 8 in [64, 1024]. 0 (unset) means the default,
+    512.
+    """
     motion_module: _builtins.str
     """Motion module file name. Default `mm_sd_v15_v2.ckpt`."""
     checkpoint: _builtins.str
     """SD1.5 checkpoint file name. Default `realisticVisionV51_v51VAE.safetensors`."""
     steps: _builtins.int
-    """Sampling steps in [1, 200]. Default 20."""
+    """Sampling steps in [1, 200]. 0 (unset) means the default, 20."""
     cfg: _builtins.float
     """Guidance scale in [0, 100]. Default 7."""
     seed: _builtins.int
