@@ -113,7 +113,9 @@ def video_params(m: pb.Video) -> VideoParams:
     )
 
 
-def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: int) -> JobSpec:
+def spec_from_request(
+    request: pb.GenerateRequest, job_id: str, *, max_nodes: int, caller: str = "anonymous"
+) -> JobSpec:
     """Build the job's spec, raising InvalidArgument with every violation found."""
     _check_envelope(request)
     which = request.WhichOneof("input")
@@ -161,6 +163,7 @@ def spec_from_request(request: pb.GenerateRequest, job_id: str, *, max_nodes: in
         labels=dict(request.labels),
         front=request.priority == pb.PRIORITY_HIGH,
         retry_on_backend_loss=request.retry_on_backend_loss,
+        caller=caller,
         fingerprint=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
         source_field=which,
         field_map=field_map,

@@ -12,6 +12,7 @@ from ..comfyui.client import ComfyUIClient
 from ..comfyui.messages import Message
 from ..comfyui.socket import ComfyUISocket
 from ..tasks import within
+from .inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,8 @@ class Backend:
         self.url = url.rstrip("/")
         self.client_id = client_id or f"comfyui-grpc-{uuid.uuid4().hex}"
         self.client = ComfyUIClient(self.url)
-        self.outstanding: set[str] = set()
-        # Jobs waiting in this backend's queue; may hold stale ids until the
-        # next position update prunes them.
-        self.waiting: set[str] = set()
+        self.inventory: Inventory | None = None
+        """What it can run, from ``/object_info`` (the last one read)."""
         self._on_disconnect_cb = on_disconnect
         self.socket = ComfyUISocket(
             self.url,

@@ -1,10 +1,9 @@
-"""The set of ComfyUI backends and the choice of one per job."""
+"""The set of ComfyUI backends (which one runs a job is the scheduler's choice)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..errors import Unavailable
 from .backend import Backend
 
 
@@ -30,13 +29,3 @@ class BackendPool:
     @property
     def healthy(self) -> list[Backend]:
         return [b for b in self._backends.values() if b.healthy]
-
-    def choose(self, exclude: frozenset[str] = frozenset()) -> Backend:
-        """The healthy backend with the fewest outstanding jobs (first listed wins ties)."""
-        candidates = [b for b in self.healthy if b.url not in exclude]
-        if not candidates:
-            raise Unavailable(
-                "no ComfyUI backend is reachable right now; retry shortly",
-                reason="NO_BACKEND",
-            )
-        return min(candidates, key=lambda b: len(b.outstanding))
