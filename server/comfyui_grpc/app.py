@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .api.callers import token_names
 from .api.servicer import GenerationServicer
 from .api.wire_checks import generate_request_check
 from .backends import Backend, BackendPool
@@ -41,12 +42,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 
-def read_tokens(settings: Settings) -> list[str]:
-    tokens = list(settings.auth_tokens)
+def read_tokens(settings: Settings) -> dict[str, str]:
+    """Accepted bearer tokens and the caller name each stands for."""
+    lines = list(settings.auth_tokens)
     if settings.auth_token_file:
-        text = Path(settings.auth_token_file).read_text()
-        tokens += [line.strip() for line in text.splitlines() if line.strip()]
-    return tokens
+        lines += Path(settings.auth_token_file).read_text().splitlines()
+    return token_names(lines)
 
 
 def comfyui_headers(settings: Settings) -> dict[str, str]:
@@ -123,6 +124,8 @@ class Gateway:
                 max_queued_jobs=settings.max_queued_jobs,
                 reconcile_interval_seconds=settings.reconcile_interval_seconds,
                 max_finished_jobs=settings.max_finished_jobs,
+                max_queued_jobs_per_caller=settings.max_queued_jobs_per_caller,
+                backend_prefetch=settings.backend_prefetch,
             ),
         )
         self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds
@@ -138,10 +141,12 @@ class Gateway:
             )
         self.health = health.aio.HealthServicer()
         self.monitor = HealthMonitor(self.health, self.pool, self.store, SERVICE_NAME)
+        self.service.tracker.on_give_up = self.monitor.task_gave_up
         self.metrics.watch(
             lambda: (job.state for job in self.service.registry),
             lambda: (
-                (b.url, b.healthy, len(b.outstanding), b.socket.reconnects) for b in self.pool
+                (b.url, b.healthy, len(self.service.core.jobs_on(b.url)), b.socket.reconnects)
+                for b in self.pool
             ),
         )
         self.gate = DrainGate((health.SERVICE_NAME, reflection.SERVICE_NAME))
@@ -189,6 +194,7 @@ class Gateway:
             max_message_bytes=self.settings.max_comfyui_message_bytes,
         )
         self.pool.add(backend)
+        self.service.add_backend(backend.url)
         backend.start()
         return backend
 
@@ -203,7 +209,7 @@ class Gateway:
     async def _remove_backend(self, url: str) -> None:
         backend = self.pool.remove(redact_url(url))  # the pool knows backends by public name
         if backend is not None:
-            self.service.tracker.backend_lost(backend, "left DNS")
+            self.service.tracker.backend_removed(backend)
             await backend.close()
             self.monitor.nudge()
 
@@ -230,7 +236,7 @@ class Gateway:
         ]
         if tokens:
             interceptors.append(
-                TokenAuthInterceptor(tokens, (health.SERVICE_NAME, reflection.SERVICE_NAME))
+                TokenAuthInterceptor(list(tokens), (health.SERVICE_NAME, reflection.SERVICE_NAME))
             )
         server = grpc.aio.server(interceptors=interceptors, options=self._options())
         generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(
@@ -240,6 +246,7 @@ class Gateway:
                 metrics=self.metrics,
                 max_workflow_nodes=self.settings.max_workflow_nodes,
                 max_workflow_bytes=self.settings.max_workflow_bytes,
+                token_names=tokens,
             ),
             server,
         )

@@ -62,6 +62,11 @@ class Settings:
     """SQLite file for durable job records; empty keeps jobs in memory only."""
     max_queued_jobs: int = 1000
     """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs."""
+    max_queued_jobs_per_caller: int = 0
+    """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs of one caller;
+    0 means no per-caller limit."""
+    backend_prefetch: int = 1
+    """Prompts handed to a backend beyond its running one."""
     max_finished_jobs: int = 10_000
     """Finished jobs kept in memory; older ones are answered from their manifest."""
     max_workflow_nodes: int = 2000
@@ -295,6 +300,22 @@ OPTIONS: tuple[Option, ...] = (
         "max_queued_jobs",
         int,
         "waiting jobs allowed before Generate answers RESOURCE_EXHAUSTED (default 1000)",
+    ),
+    Option(
+        "--max-queued-jobs-per-caller",
+        "COMFYUI_GRPC_MAX_QUEUED_JOBS_PER_CALLER",
+        "max_queued_jobs_per_caller",
+        int,
+        "waiting jobs one caller may have before its Generate answers RESOURCE_EXHAUSTED; "
+        "0: no limit (default 0)",
+    ),
+    Option(
+        "--backend-prefetch",
+        "COMFYUI_GRPC_BACKEND_PREFETCH",
+        "backend_prefetch",
+        int,
+        "prompts handed to a ComfyUI beyond the one it runs, so its GPU never idles between "
+        "jobs; the rest wait in the gateway (default 1)",
     ),
     Option(
         "--max-finished-jobs",

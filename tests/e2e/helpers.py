@@ -76,3 +76,31 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             fields.extend(v.field for v in bad.field_violations)
     return fields
+
+
+def status_details(
+    error: grpc.aio.AioRpcError,
+) -> tuple[
+    error_details_pb2.ErrorInfo | None,
+    error_details_pb2.BadRequest | None,
+    error_details_pb2.RetryInfo | None,
+]:
+    """The ErrorInfo, BadRequest and RetryInfo details of a failed call (None if absent)."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status details"
+    found: dict[str, object] = {}
+    for detail in status.details:
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(cls.DESCRIPTOR):
+                message = cls()
+                detail.Unpack(message)
+                found[cls.__name__] = message
+    return (
+        found.get("ErrorInfo"),  # type: ignore[return-value]
+        found.get("BadRequest"),
+        found.get("RetryInfo"),
+    )

@@ -343,8 +343,11 @@ async def test_list_jobs_pages_running_then_queued_then_finished(
     assert not second.next_page_token
     ids = [j.job_id for j in first.jobs] + [j.job_id for j in second.jobs]
     assert ids == [slow.job_id, *(w.job_id for w in waiting), done.job_id]
+    # w0 is already in ComfyUI's queue (prefetched, first among ours there);
+    # w1 and w2 wait in the gateway's line.
     positions = [j.queue_position for j in [*first.jobs, *second.jobs]]
-    assert positions == [0, 1, 2, 3, 0]
+    assert positions == [0, 1, 1, 2, 0]
+    assert [bool(j.backend) for j in [*first.jobs, *second.jobs]][1:4] == [True, False, False]
     only_queued = await stub.ListJobs(
         pb.ListJobsRequest(states=[job_pb2.JOB_STATE_QUEUED]), timeout=5
     )

@@ -142,6 +142,8 @@ class SimBackend:
         )
         self.submissions = Submissions()
         self.sim.submitted_prompt_ids = self.submissions
+        self.deletions = Submissions()
+        self.sim.deleted_prompt_ids = self.deletions
         self.stops: list[Stop] = []
         self.histories: list[dict[str, str]] = []
         self._http = httpx.AsyncClient(timeout=10, trust_env=False)
@@ -598,8 +600,10 @@ def verify(
        job's manifest in S3 says ``succeeded`` with the same artifacts.
     6. No prompt submitted twice: between any two submissions of a job, the
        backend of the earlier one began to stop (a restarted ComfyUI has no
-       queue or history, so the job was lost there). Every prompt id
-       ComfyUI accepted belongs to a job a client was given.
+       queue or history, so the job was lost there), or deleted it from its
+       pending queue (the gateway took it back before it ran, to give it to a
+       backend with room). Every prompt id ComfyUI accepted belongs to a job
+       a client was given.
     7. S3 holds nothing outside ``chaos/{job id}/``.
     """
     problems: list[str] = []
@@ -645,7 +649,11 @@ def verify(
 
         # 6: each resubmission only after the backend holding it was stopped.
         for earlier, later in itertools.pairwise(subs):
-            if not any(
+            taken_back = any(
+                prompt_id == job.job_id and earlier.stamp <= stamp <= later.stamp
+                for stamp, prompt_id in earlier.backend.deletions.stamps
+            )
+            if not taken_back and not any(
                 earlier.stamp < stop.gone_time and stop.down_time <= later.stamp
                 for stop in earlier.backend.stops
             ):

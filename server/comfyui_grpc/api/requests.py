@@ -138,6 +138,7 @@ def spec_from_request(
     *,
     max_nodes: int,
     max_bytes: int = MAX_WORKFLOW_BYTES,
+    caller: str = "anonymous",
 ) -> JobSpec:
     """Build the job's spec, raising InvalidArgument with every violation found."""
     _check_envelope(request)
@@ -183,6 +184,7 @@ def spec_from_request(
         labels=dict(request.labels),
         front=request.priority == pb.PRIORITY_HIGH,
         retry_on_backend_loss=request.retry_on_backend_loss,
+        caller=caller,
         fingerprint=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
         source_field=which,
         field_map=field_map,

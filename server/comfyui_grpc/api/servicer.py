@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +30,7 @@ from ..v1 import generation_service_pb2 as pb
 from ..v1 import generation_service_pb2_grpc as pb_grpc
 from ..workflows.graph import MAX_WORKFLOW_BYTES
 from . import convert
+from .callers import caller_of
 from .requests import spec_from_request
 from .status import internal_status, to_status
 
@@ -134,7 +135,8 @@ def _list_key(job: Job) -> tuple[int, float, float]:
     if group == 0:
         return (0, job.start_time or 0.0, 0.0)
     if group == 1:
-        return (1, job.queue_number, job.create_time)
+        # Handed to a backend first (they run sooner), then the gateway's line.
+        return (1, 0.0 if job.backend else 1.0, float(job.queue_position))
     return (2, -(job.end_time or 0.0), 0.0)
 
 
@@ -147,21 +149,25 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         metrics: Metrics,
         max_workflow_nodes: int,
         max_workflow_bytes: int = MAX_WORKFLOW_BYTES,
+        token_names: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics = metrics
         self.service = service
         self.uploader = uploader
         self.max_workflow_nodes = max_workflow_nodes
         self.max_workflow_bytes = max_workflow_bytes
+        self.token_names = dict(token_names or {})
 
     @_guarded
     async def Generate(self, request: pb.GenerateRequest, context: Ctx) -> pb.GenerateResponse:
         job_id = str(uuid.uuid4())
+        caller = caller_of(context.invocation_metadata(), context.auth_context(), self.token_names)
         spec = spec_from_request(
             request,
             job_id,
             max_nodes=self.max_workflow_nodes,
             max_bytes=self.max_workflow_bytes,
+            caller=caller,
         )
         job, existing = await self.service.submit(spec, job_id=job_id)
         return pb.GenerateResponse(

@@ -15,6 +15,7 @@ from ..comfyui.socket import MAX_MESSAGE_BYTES, ComfyUISocket
 from ..redact import redact_url
 from ..tasks import DEFAULT_POLICY, CrashHandler, RestartPolicy, supervise, within
 from .diagnosis import RateLimit, cause_of
+from .inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,8 @@ class Backend:
         )
         self._on_task_crash = on_task_crash
         self._on_task_give_up = on_task_give_up
-        self.outstanding: set[str] = set()
-        # Jobs waiting in this backend's queue; may hold stale ids until the
-        # next position update prunes them.
-        self.waiting: set[str] = set()
+        self.inventory: Inventory | None = None
+        """What it can run, from ``/object_info`` (the last one read)."""
         self._on_disconnect_cb = on_disconnect
         self._on_connect_cb = on_connect
         self.socket = ComfyUISocket(

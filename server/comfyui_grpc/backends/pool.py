@@ -1,4 +1,4 @@
-"""The set of ComfyUI backends and the choice of one per job."""
+"""The set of ComfyUI backends (which one runs a job is the scheduler's choice)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,11 @@ class BackendPool:
     def healthy(self) -> list[Backend]:
         return [b for b in self._backends.values() if b.healthy]
 
-    def choose(self, exclude: frozenset[str] = frozenset()) -> Backend:
-        """The healthy backend with the fewest outstanding jobs (first listed wins ties)."""
-        candidates = [b for b in self.healthy if b.url not in exclude]
-        if not candidates:
-            others = [b for b in self._backends.values() if b.url not in exclude]
-            raise Unavailable(
-                describe_unavailable(others),
-                reason="NO_BACKEND",
-                retry_after_seconds=retry_delay_seconds(others),
-            )
-        return min(candidates, key=lambda b: len(b.outstanding))
+    def unavailable(self) -> Unavailable:
+        """The error for a caller when no backend is up: which ones, and why not."""
+        backends = list(self._backends.values())
+        return Unavailable(
+            describe_unavailable(backends),
+            reason="NO_BACKEND",
+            retry_after_seconds=retry_delay_seconds(backends),
+        )

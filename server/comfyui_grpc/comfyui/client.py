@@ -293,6 +293,11 @@ class ComfyUIClient:
     async def delete_history(self, prompt_ids: list[str]) -> None:
         await self._request("POST", "/history", json={"delete": prompt_ids})
 
+    async def object_info(self) -> dict[str, Any]:
+        """Every node class with its inputs (combo inputs list the model files)."""
+        data = await self._json("GET", "/object_info")
+        return data if isinstance(data, dict) else {}
+
     async def system_stats(self) -> dict[str, Any]:
         data = await self._json("GET", "/system_stats")
         if not isinstance(data, dict):

@@ -32,6 +32,8 @@ class JobSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     front: bool = False
     retry_on_backend_loss: bool = False
+    caller: str = "anonymous"
+    """Who submitted it: the bearer token's name, the client certificate's subject."""
     fingerprint: str = ""
     source_field: str = "workflow"
     """The request field the graph came from, for error paths."""
@@ -59,10 +61,10 @@ class Job:
         self.log = EventLog()
         self.tracker = ProgressTracker(spec.workflow)
         self._done = asyncio.Event()
-        # Set while the job is being handed to ComfyUI; cancel waits for it.
-        self.submitted = asyncio.Event()
+        # Set once the job is in the job store (a duplicate request waits for it).
+        self.recorded = asyncio.Event()
         self.attempts = 0
-        # ComfyUI's queue number for it (lower runs first); orders our queue view.
+        # ComfyUI's queue number for it, once submitted (kept in its record).
         self.queue_number = 0.0
         # Set once ComfyUI reported success and the outputs are being stored.
         self.collecting = False
@@ -257,7 +259,7 @@ class Job:
         self.log.restore(events, ended=state.terminal)
         for event in events:
             self._replay_progress(event.payload)
-        self.submitted.set()
+        self.recorded.set()
         if state is JobState.SUCCEEDED:
             self.tracker.complete()
         if state.terminal:
@@ -277,7 +279,8 @@ class Job:
                 self.tracker.execution_done()
 
     def requeued(self) -> None:
-        """Back to QUEUED for a resubmission after its backend was lost."""
+        """Back to QUEUED, in the gateway's line, after its backend gave it up."""
         self.state = JobState.QUEUED
+        self.backend = ""
         self.start_time = None
         self.outputs = {}

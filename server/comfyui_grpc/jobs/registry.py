@@ -7,7 +7,7 @@ evicted first; after that a job is answered from its stored manifest.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .job import Job
 from .model import JobState
@@ -25,6 +25,8 @@ class JobRegistry:
         self._by_request: dict[str, str] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_finished = max_finished
+        # Told when a finished job leaves memory (the scheduler drops its ticket).
+        self.on_forget: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -77,6 +79,8 @@ class JobRegistry:
         while len(self._finished) > self._max_finished:
             old_id, _ = self._finished.popitem(last=False)
             old = self._jobs.pop(old_id, None)
+            if self.on_forget is not None:
+                self.on_forget(old_id)
             if old is not None and self._by_request.get(old.spec.request_id) == old_id:
                 del self._by_request[old.spec.request_id]
 

@@ -1,28 +1,32 @@
 """The job service: submission, idempotency, cancel, lookups.
 
-It owns the registry and hands each job to a backend. What ComfyUI reports
+It owns the registry; a new job is checked against what the fleet can run,
+recorded, and put in the scheduler's line (:mod:`comfyui_grpc.scheduler`),
+which hands it to a backend when one has room. What ComfyUI reports
 afterwards reaches the jobs through :class:`~.tracker.JobTracker`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..backends import Backend, BackendPool
-from ..comfyui.errors import ComfyUIUnavailable, ComfyUIValidationError
+from ..backends import BackendPool
+from ..backends.inventory import Needs, needs_of
+from ..comfyui.validation import validate_against
 from ..errors import (
     FailedPrecondition,
-    GatewayError,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
 from ..observability.metrics import Metrics
+from ..scheduler.core import DEFAULT_PREFETCH, Scheduler
+from ..scheduler.executor import Fleet
 from ..state import JobStore, NullJobStore
 from ..storage import ArtifactStore, ObjectNotFound, StorageError
 from ..tasks import TaskSet, within
@@ -47,6 +51,11 @@ class JobServiceSettings:
     """How long CancelJob waits for ComfyUI to confirm a running job stopped."""
     max_finished_jobs: int = 10_000
     """Finished jobs kept in memory; older ones are answered from manifests."""
+    max_queued_jobs_per_caller: int = 0
+    """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs of one caller
+    (0: no per-caller limit)."""
+    backend_prefetch: int = DEFAULT_PREFETCH
+    """Prompts handed to a backend beyond its running one, so its GPU never idles."""
 
 
 def parse_job_id(job_id: str) -> str:
@@ -75,42 +84,71 @@ class JobService:
         self.store = store
         self.registry = JobRegistry(self.settings.max_finished_jobs)
         self.tasks = TaskSet("job service")
+        self.core = Scheduler(prefetch=self.settings.backend_prefetch)
+        self.fleet = Fleet(
+            core=self.core,
+            pool=pool,
+            registry=self.registry,
+            job_store=self.job_store,
+            tasks=self.tasks,
+        )
         self.tracker = JobTracker(
             registry=self.registry,
             pool=pool,
+            fleet=self.fleet,
             collector=ArtifactCollector(store, self.metrics),
             metrics=self.metrics,
             tasks=self.tasks,
-            resubmit=self._resubmit,
             reconcile_interval_seconds=self.settings.reconcile_interval_seconds,
         )
-        self._submit_errors: dict[str, GatewayError] = {}
+        self.fleet.tracker = self.tracker
+        self.registry.on_forget = self.core.forget
 
     # -- wiring for backends ---------------------------------------------------
 
     def backend_callbacks(self) -> JobTracker:
         return self.tracker
 
+    def add_backend(self, url: str) -> None:
+        self.core.add_backend(url)
+
     async def start(self) -> None:
         """Open the job store, take back unfinished jobs, start reconciling."""
         await self.job_store.open()
         for job in await self.job_store.unfinished():
             self._adopt(job)
+        self.fleet.run_actions()
         self.tracker.start()
 
     def _adopt(self, job: Job) -> None:
         """Follow a job from before a restart; reconciliation finds out where it is."""
         self.registry.add(job)
         self.job_store.track(job)
-        backend = self.pool.get(job.backend)
-        if backend is None:
-            self.tracker.fail_lost(
-                job, f"its backend {job.backend or '(none)'} is no longer configured"
-            )
+        needs = needs_of(job.spec.workflow)
+        if job.cancel_requested and (job.state is JobState.QUEUED and not job.backend):
+            self.tracker.finish_cancelled(job)
             return
-        backend.outstanding.add(job.job_id)
-        if job.state is JobState.QUEUED:
-            backend.waiting.add(job.job_id)
+        if not job.backend:
+            # It was waiting in the gateway's line: it joins it again.
+            self.core.submit(
+                job.job_id,
+                caller=job.spec.caller,
+                needs=needs,
+                high=job.spec.front,
+                retry_on_loss=job.spec.retry_on_backend_loss,
+            )
+        elif self.pool.get(job.backend) is None:
+            self.tracker.fail_lost(job, f"its backend {job.backend} is no longer configured")
+            return
+        else:
+            self.core.adopt(
+                job.job_id,
+                caller=job.spec.caller,
+                needs=needs,
+                backend=job.backend,
+                running=job.state is not JobState.QUEUED,
+                retry_on_loss=job.spec.retry_on_backend_loss,
+            )
         log.info(
             "resuming job after restart (%s)",
             job.state.value,
@@ -125,7 +163,8 @@ class JobService:
     # -- submission --------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, *, job_id: str | None = None) -> tuple[Job, bool]:
-        """Create and queue a job; with a known ``request_id`` return that job.
+        """Create a job and put it in the gateway's line; with a known
+        ``request_id`` return that job.
 
         Returns the job and whether it was an existing one.
         """
@@ -145,11 +184,35 @@ class JobService:
                         f"request (job {existing.job_id}); use a new request_id",
                         reason="REQUEST_ID_REUSED",
                     )
-                await existing.submitted.wait()
-                error = self._submit_errors.get(existing.job_id)
-                if error is not None:
-                    raise error
+                await existing.recorded.wait()
                 return existing, True
+        self._check_room(spec.caller)
+        needs = needs_of(spec.workflow)
+        self._check_runnable(spec, needs)
+        job = Job(job_id or str(uuid.uuid4()), spec)
+        self.registry.add(job)
+        self.job_store.track(job)
+        try:
+            # Kept in the store before Generate answers: it survives a restart.
+            await self.job_store.save_now(job)
+        except BaseException:
+            self.registry.discard(job)
+            raise
+        finally:
+            job.recorded.set()
+        self.fleet.tell(
+            self.core.submit,
+            job.job_id,
+            caller=spec.caller,
+            needs=needs,
+            high=spec.front,
+            retry_on_loss=spec.retry_on_backend_loss,
+        )
+        if job.state is JobState.QUEUED and not job.log.last_sequence:
+            job.queued(self.core.place(job.job_id), "")
+        return job, False
+
+    def _check_room(self, caller: str) -> None:
         waiting = self.registry.count(JobState.QUEUED)
         if waiting >= self.settings.max_queued_jobs:
             raise ResourceExhausted(
@@ -158,115 +221,34 @@ class JobService:
                 retry_after_seconds=min(30.0, 1.0 + waiting / 100),
                 reason="QUEUE_FULL",
             )
-        job = Job(job_id or str(uuid.uuid4()), spec)
-        self.registry.add(job)
-        self.job_store.track(job)
-        try:
-            await self._dispatch(job, exclude=frozenset())
-        except BaseException as exc:
-            # Nothing may stay behind from a job that never reached ComfyUI.
-            self.registry.discard(job)
-            for backend in self.pool:
-                backend.outstanding.discard(job.job_id)
-            await self.job_store.forget(job.job_id)
-            if not isinstance(exc, GatewayError):
-                raise
-            if spec.request_id:
-                # Concurrent duplicates waiting on this job see the same error.
-                self._submit_errors[job.job_id] = exc
-                asyncio.get_running_loop().call_later(60, self._submit_errors.pop, job.job_id, None)
-            raise
-        finally:
-            job.submitted.set()
-        return job, False
-
-    async def _dispatch(self, job: Job, exclude: frozenset[str]) -> None:
-        """Hand ``job`` to the least loaded healthy backend, trying others if one fails."""
-        tried = set(exclude)
-        while True:
-            backend = self.pool.choose(frozenset(tried))
-            tried.add(backend.url)
-            job.backend = backend.url
-            backend.outstanding.add(job.job_id)
-            job.attempts += 1
-            # Recorded, with its backend, before ComfyUI sees it: after a crash,
-            # a recorded job that its backend does not know was never submitted
-            # and is safe to submit.
-            await self.job_store.save_now(job)
-            try:
-                result = await backend.client.submit(
-                    dict(job.spec.workflow),
-                    prompt_id=job.job_id,
-                    client_id=backend.client_id,
-                    front=job.spec.front,
-                )
-            except ComfyUIValidationError as exc:
-                backend.outstanding.discard(job.job_id)
-                if not exc.error:
-                    # A 200 with node_errors: ComfyUI queued what validated; take it back.
-                    await self._withdraw(backend, job.job_id)
-                raise violations_from_comfyui(
-                    exc, job.spec.source_field, job.spec.field_map
-                ) from exc
-            except ComfyUIUnavailable as exc:
-                if exc.maybe_sent and await self._landed(backend, job):
-                    # The answer was lost, not the prompt: ComfyUI has it.
-                    backend.socket.expect_traffic()
-                    self.tracker.submitted(job, backend)
-                    return
-                backend.outstanding.discard(job.job_id)
-                log.warning("submit to %s failed: %s", backend.url, exc, extra=job.log_context)
-                if len(self.pool.healthy) <= len(tried & {b.url for b in self.pool.healthy}):
-                    raise Unavailable(
-                        f"no ComfyUI backend accepted the job; retry shortly ({exc})",
-                        reason="COMFYUI_UNAVAILABLE",
-                    ) from exc
-                continue
-            job.queue_number = result.number
-            log.info("submitted to ComfyUI", extra=job.log_context)
-            backend.socket.expect_traffic()
-            self.tracker.submitted(job, backend)
-            return
-
-    async def _landed(self, backend: Backend, job: Job) -> bool:
-        """Did a submission whose answer was lost reach ComfyUI?
-
-        When that cannot be told, assume it did: reconciliation resubmits a
-        waiting job ComfyUI turns out not to know, while submitting it
-        elsewhere now could run it twice.
-        """
-        try:
-            queue = await backend.client.queue()
-            if job.job_id in queue.present:
-                job.queue_number = float(queue.position(job.job_id))
-                return True
-            return await backend.client.history(job.job_id) is not None
-        except ComfyUIUnavailable:
-            return True
-
-    async def _withdraw(self, backend: Backend, prompt_id: str) -> None:
-        try:
-            await backend.client.delete_pending([prompt_id])
-            await backend.client.interrupt(prompt_id)
-        except ComfyUIUnavailable:
-            log.warning("could not withdraw prompt %s from %s", prompt_id, backend.url)
-
-    async def _resubmit(self, job: Job, lost_backend: str) -> None:
-        """Submit a job again on another backend after its own was lost.
-
-        ``submitted`` is clear meanwhile, as for a first submission: the job is
-        in its new backend's books before ComfyUI has it, and a reconciliation
-        in that window must not take it for lost and submit it a second time.
-        """
-        job.submitted.clear()
-        try:
-            await self._dispatch(job, exclude=frozenset({lost_backend}))
-        except GatewayError as exc:
-            self.tracker.fail_lost(
-                job, f"its backend {lost_backend} was lost and resubmitting failed: {exc}"
+        limit = self.settings.max_queued_jobs_per_caller
+        mine = self.core.line.waiting_for(caller)
+        if limit and mine >= limit:
+            raise ResourceExhausted(
+                f"caller {caller!r} already has {mine} jobs waiting (limit {limit} per "
+                "caller); retry once some have started",
+                retry_after_seconds=min(30.0, 1.0 + mine / 100),
+                reason="CALLER_QUEUE_FULL",
             )
-        finally:
-            job.submitted.set()
+
+    def _check_runnable(self, spec: JobSpec, needs: Needs) -> None:
+        """Refuse at once a graph that no known backend could run."""
+        if not self.pool.healthy:
+            raise self.pool.unavailable()
+        known = [s for s in self.core.backends.values() if s.inventory is not None]
+        if not known:
+            return  # up, inventory not read yet: ComfyUI validates at dispatch
+        capable = [s for s in known if s.inventory is not None and s.inventory.satisfies(needs)]
+        reference = capable[0] if capable else known[0]
+        assert reference.inventory is not None
+        problems = validate_against(reference.inventory.object_info, spec.workflow)
+        if problems is not None:
+            raise violations_from_comfyui(problems, spec.source_field, spec.field_map)
+        if not capable:
+            raise InvalidArgument(
+                "no ComfyUI backend can run this workflow",
+                [FieldViolation(spec.source_field, "no backend has every node and model it names")],
+            )
 
     # -- lookups -------------------------------------------------------------------
 
@@ -319,15 +301,17 @@ class JobService:
     async def cancel(self, job_id: str, *, timeout: float | None = None) -> Job:
         """Cancel a job without ever touching another one.
 
-        Queued: deleted from ComfyUI's queue. Running: interrupted by prompt id
-        (ComfyUI ignores that unless our prompt is the one running), then
-        confirmed. Terminal: returned unchanged.
+        Waiting in the gateway: cancelled at once, ComfyUI never hears of it.
+        Waiting in ComfyUI's queue: deleted there. Running: interrupted by
+        prompt id (ComfyUI ignores that unless our prompt is the one running),
+        then confirmed. Terminal: returned unchanged.
         """
         job = self.get(job_id)
         if job.terminal:
             return job
         job.cancel_requested = True
-        await job.submitted.wait()
+        self.fleet.tell(self.core.cancel, job.job_id)
         budget = self.settings.cancel_confirm_seconds if timeout is None else timeout
-        await self.tracker.cancel(job, budget)
+        if not job.terminal and budget > 0:
+            await within(job.wait_terminal(), budget)
         return job

@@ -20,31 +20,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..backends import Backend, BackendPool
+from ..backends.inventory import Inventory
 from ..comfyui import messages as m
 from ..comfyui.errors import ComfyUIUnavailable
 from ..comfyui.outputs import files_of, history_outcome, history_outputs
 from ..observability.metrics import Metrics
-from ..tasks import TaskSet, within
+from ..scheduler.core import Phase
+from ..tasks import CrashHandler, TaskSet
 from .collector import ArtifactCollector
 from .job import Job
 from .manifest import write_manifest_quietly
 from .model import FailureReason, JobFailure, JobState
 from .registry import JobRegistry
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..scheduler.executor import Fleet
 
-Resubmit = Callable[[Job, str], Coroutine[Any, Any, None]]
+log = logging.getLogger(__name__)
 
 # An interrupt we send can, in a rare race, land on the next prompt; one that
 # arrives this soon after ours is treated as ours and the victim is resubmitted.
 INTERRUPT_RACE_SECONDS = 5.0
-CANCEL_RESEND_SECONDS = 1.0
 FULL_RECONCILE_EVERY = 15
 """Probe intervals between full checks when the probes find nothing amiss."""
+INVENTORY_REFRESH_SECONDS = 60.0
+"""How often each backend's ``/object_info`` is read again (also on every reconnect)."""
 
 
 class JobTracker:
@@ -53,31 +56,38 @@ class JobTracker:
         *,
         registry: JobRegistry,
         pool: BackendPool,
+        fleet: Fleet,
         collector: ArtifactCollector,
         tasks: TaskSet,
-        resubmit: Resubmit,
         reconcile_interval_seconds: float,
         metrics: Metrics,
     ) -> None:
         self.metrics = metrics
         self.registry = registry
         self.pool = pool
+        self.fleet = fleet
+        self.core = fleet.core
         self.collector = collector
         self.tasks = tasks
-        self._resubmit = resubmit
         self._interval = reconcile_interval_seconds
         self._locks: dict[str, asyncio.Lock] = {}
         self._loss_timers: dict[str, asyncio.Task[None]] = {}
-        # Prompts cancelled while their backend was unreachable, to delete on return.
-        self._deletes_owed: dict[str, set[str]] = {}
         # Loops and timers that never end by themselves, kept apart from the
         # per-job work a graceful shutdown waits for.
         self.background = TaskSet("job tracker")
         self.backend_lost_after_seconds = 15.0
-        self._last_interrupt: dict[str, float] = {}
+        self.on_give_up: CrashHandler | None = None
+        """Told when the reconcile loop keeps crashing and is given up on (liveness)."""
 
     def start(self) -> None:
-        self.background.spawn(self._reconcile_forever(), "reconcile loop")
+        # Supervised: an unexpected error in one pass is logged, counted and
+        # the loop restarts; a loop that cannot recover fails liveness.
+        self.background.spawn_supervised(
+            self._reconcile_forever,
+            "reconcile loop",
+            on_crash=self.metrics.task_crashed,
+            on_give_up=self.on_give_up,
+        )
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -88,29 +98,6 @@ class JobTracker:
         if job is None or job.backend != backend.url or job.terminal:
             return None
         return job
-
-    def submitted(self, job: Job, backend: Backend) -> None:
-        if job.state is not JobState.QUEUED:
-            return  # ComfyUI's messages about it came before its answer
-        backend.waiting.add(job.job_id)
-        if job.spec.front:
-            self._update_positions(backend)
-        else:
-            # ComfyUI numbers jobs in order: a normal one joins the back.
-            job.queued(len(backend.waiting), backend.url)
-
-    def _update_positions(self, backend: Backend) -> None:
-        """Renumber the jobs waiting on ``backend`` (after one left the queue)."""
-        waiting = []
-        for job_id in list(backend.waiting):
-            job = self.registry.get(job_id)
-            if job is None or job.state is not JobState.QUEUED or job.backend != backend.url:
-                backend.waiting.discard(job_id)
-            else:
-                waiting.append(job)
-        waiting.sort(key=lambda j: j.queue_number)
-        for position, job in enumerate(waiting, start=1):
-            job.queued(position, backend.url)
 
     def _ended(self, job: Job) -> None:
         log.info(
@@ -127,13 +114,10 @@ class JobTracker:
                 self.metrics.execution.observe(max(0.0, finished - job.start_time))
         if job.upload_start_time is not None and job.end_time is not None:
             self.metrics.upload.observe(max(0.0, job.end_time - job.upload_start_time))
-        backend = self.pool.get(job.backend)
-        if backend is not None:
-            backend.outstanding.discard(job.job_id)
-            self._update_positions(backend)
+        self.fleet.tell(self.core.finished, job.job_id)
         self.registry.finished(job)
 
-    def _finish_failed(self, job: Job, failure: JobFailure) -> None:
+    def finish_failed(self, job: Job, failure: JobFailure) -> None:
         if job.terminal:
             return
         job.failed(failure)
@@ -142,7 +126,7 @@ class JobTracker:
             write_manifest_quietly(self.collector.store, job), f"manifest {job.job_id}"
         )
 
-    def _finish_cancelled(self, job: Job) -> None:
+    def finish_cancelled(self, job: Job) -> None:
         if job.terminal:
             return
         job.cancelled()
@@ -152,7 +136,7 @@ class JobTracker:
         )
 
     def fail_lost(self, job: Job, message: str) -> None:
-        self._finish_failed(job, JobFailure(reason=FailureReason.BACKEND_LOST, message=message))
+        self.finish_failed(job, JobFailure(reason=FailureReason.BACKEND_LOST, message=message))
 
     # -- socket messages ----------------------------------------------------------
 
@@ -167,7 +151,7 @@ class JobTracker:
         match message:
             case m.ExecutionStart():
                 job.started()
-                self._update_positions(backend)
+                self.fleet.tell(self.core.started, job.job_id)
             case m.ExecutionCached(nodes=nodes):
                 job.nodes_cached(nodes)
             case m.Executing(node=None):
@@ -185,7 +169,7 @@ class JobTracker:
             case m.Executed(node=node, output=output):
                 job.output_reported(node, files_of(node, output))
             case m.ExecutionError() as error:
-                self._finish_failed(
+                self.finish_failed(
                     job,
                     JobFailure(
                         reason=FailureReason.EXECUTION_ERROR,
@@ -201,18 +185,16 @@ class JobTracker:
 
     def _interrupted(self, job: Job, backend: Backend, node_id: str, class_type: str) -> None:
         if job.cancel_requested:
-            self._finish_cancelled(job)
+            self.finish_cancelled(job)
             return
-        recent = self._last_interrupt.get(backend.url, 0.0)
+        recent = self.fleet.last_interrupt.get(backend.url, 0.0)
         if time.monotonic() - recent < INTERRUPT_RACE_SECONDS and job.attempts < 3:
             log.warning(
                 "job %s was hit by an interrupt meant for another job; resubmitting", job.job_id
             )
-            backend.outstanding.discard(job.job_id)
-            job.requeued()
-            self.tasks.spawn(self._resubmit(job, ""), f"resubmit {job.job_id}")
+            self.fleet.tell(self.core.requeue, job.job_id)
             return
-        self._finish_failed(
+        self.finish_failed(
             job,
             JobFailure(
                 reason=FailureReason.INTERRUPTED,
@@ -245,12 +227,15 @@ class JobTracker:
         if entry is None:
             job.collecting = False
             return  # reconciliation will find out what happened
-        await self._apply_history(job, backend, entry)
+        await self.apply_history(job, backend, entry)
 
-    async def _apply_history(self, job: Job, backend: Backend, entry: dict[str, object]) -> None:
+    async def apply_history(self, job: Job, backend: Backend, entry: dict[str, object]) -> None:
+        """Act on a finished prompt's history entry: store its outputs, or fail it."""
         outcome, data = history_outcome(entry)
         if outcome == "success":
             job.collecting = True
+            # The GPU is free while the outputs are copied.
+            self.fleet.tell(self.core.finished, job.job_id)
             job.uploading(history_outputs(entry))
             await self.collector.collect(backend.client, job)
             self._ended(job)
@@ -261,7 +246,7 @@ class JobTracker:
                 job, backend, str(data.get("node_id", "")), str(data.get("node_type", ""))
             )
         else:
-            self._finish_failed(
+            self.finish_failed(
                 job,
                 JobFailure(
                     reason=FailureReason.EXECUTION_ERROR,
@@ -275,7 +260,7 @@ class JobTracker:
                 ),
             )
 
-    # -- reconciliation -----------------------------------------------------------
+    # -- backends coming and going ---------------------------------------------------
 
     async def on_connect(self, backend: Backend, first: bool) -> None:
         if self.tasks.closed:
@@ -283,26 +268,26 @@ class JobTracker:
         timer = self._loss_timers.pop(backend.url, None)
         if timer is not None:
             timer.cancel()
-        owed = self._deletes_owed.pop(backend.url, None)
-        if owed:
-            self.tasks.spawn(
-                self._delete_quietly(backend, sorted(owed)), f"deletes owed to {backend.url}"
-            )
+        # Its inventory first: nothing is routed to a backend before it is known.
+        await self.refresh_inventory(backend)
         # Messages sent while we had no socket are gone; after a gateway
         # restart the jobs it adopted are unknown too. Ask ComfyUI.
-        if backend.outstanding:
+        if self.core.jobs_on(backend.url):
             self.tasks.spawn(self._reconcile_quietly(backend), f"reconcile {backend.url}")
 
-    async def _delete_quietly(self, backend: Backend, prompt_ids: list[str]) -> None:
-        """Drop prompts cancelled while ``backend`` was unreachable (interrupt any it started)."""
+    async def refresh_inventory(self, backend: Backend) -> None:
+        """Read ``/object_info`` again and tell the scheduler the backend is up."""
+        inventory: Inventory | None = None
         try:
-            await backend.client.delete_pending(prompt_ids)
-            for prompt_id in prompt_ids:
-                await backend.client.interrupt(prompt_id)
+            inventory = Inventory.from_object_info(await backend.client.object_info())
         except ComfyUIUnavailable as exc:
             log.warning(
-                "could not drop %d cancelled prompts from %s: %s", len(prompt_ids), backend.url, exc
-            )
+                "could not read /object_info from %s: %s", backend.url, exc,
+                extra={"backend": backend.url},
+            )  # fmt: skip
+        if backend.healthy and self.pool.get(backend.url) is backend:
+            backend.inventory = inventory or backend.inventory
+            self.fleet.tell(self.core.backend_up, backend.url, inventory)
 
     async def _reconcile_quietly(self, backend: Backend) -> None:
         try:
@@ -312,6 +297,7 @@ class JobTracker:
 
     def on_disconnect(self, backend: Backend) -> None:
         """Give the backend a grace period to come back, then move its jobs."""
+        self.fleet.tell(self.core.backend_down, backend.url)
         if backend.url not in self._loss_timers and not self.background.closed:
             self._loss_timers[backend.url] = self.background.spawn(
                 self._lose_later(backend), f"backend loss timer {backend.url}"
@@ -323,81 +309,60 @@ class JobTracker:
         finally:
             if self._loss_timers.get(backend.url) is asyncio.current_task():
                 del self._loss_timers[backend.url]
-        if not backend.healthy and self.backend_lost(
-            backend, "stayed unreachable", may_return=True
-        ):
-            self.on_disconnect(backend)  # decide again for the jobs it kept
+        if not backend.healthy:
+            self.backend_lost(backend, "stayed unreachable")
 
-    def backend_lost(self, backend: Backend, why: str, *, may_return: bool = False) -> int:
-        """Move a lost backend's waiting jobs elsewhere; fail (or retry) its running ones.
-
-        With no other backend up, a backend that ``may_return`` keeps the jobs
-        that would move: ComfyUI restarting (models loading) outlasts the
-        grace period, and failing every waiting job for it helps nobody. Once
-        it is back, reconciliation finds them and resubmits what it lost.
-        Returns how many jobs it kept.
-        """
-        stranded = may_return and not any(b.url != backend.url for b in self.pool.healthy)
-        kept = 0
-        for job_id in list(backend.outstanding):
-            job = self.registry.get(job_id)
-            if job is None or job.terminal or job.collecting or job.backend != backend.url:
-                continue
-            movable = job.state is JobState.QUEUED or job.spec.retry_on_backend_loss
-            if movable and stranded and not job.cancel_requested:
-                kept += 1
-                continue
-            backend.outstanding.discard(job_id)
-            if job.cancel_requested:
-                self._finish_cancelled(job)
-            elif movable:
-                log.warning(
-                    "moving job off lost backend %s",
-                    backend.url,
-                    extra=job.log_context,
-                )
-                job.requeued()
-                self.tasks.spawn(self._resubmit(job, backend.url), f"resubmit {job.job_id}")
-            else:
-                self.fail_lost(
-                    job, f"ComfyUI at {backend.url} {why} while running the job; submit it again"
-                )
-        if kept:
+    def backend_lost(self, backend: Backend, why: str) -> None:
+        """Its waiting prompts go back to the gateway's line; running ones fail (or retry)."""
+        held = self.core.jobs_on(backend.url)
+        if held:
             log.warning(
-                "ComfyUI at %s %s and no other backend is up: %d jobs wait for one",
+                "ComfyUI at %s %s: %d of its jobs go back to the line or fail",
                 backend.url,
                 why,
-                kept,
+                len(held),
                 extra={"backend": backend.url},
             )
-        return kept
+        self.fleet.tell(self.core.backend_lost, backend.url)
+
+    def backend_removed(self, backend: Backend) -> None:
+        self.backend_lost(backend, "left DNS")
+        self.fleet.tell(self.core.remove_backend, backend.url)
+
+    # -- reconciliation -----------------------------------------------------------
 
     async def _reconcile_forever(self) -> None:
         intervals = 0
+        refresh_every = max(1, round(INVENTORY_REFRESH_SECONDS / max(self._interval, 0.01)))
         while True:
             await asyncio.sleep(self._interval)
             intervals += 1
             full = intervals % FULL_RECONCILE_EVERY == 0
             for backend in self.pool:
-                if not (backend.outstanding and backend.healthy):
+                if not backend.healthy:
+                    continue
+                if intervals % refresh_every == 0:
+                    await self.refresh_inventory(backend)
+                if not self._settled(backend):
                     continue
                 if full or await self._missing_some(backend):
                     await self._reconcile_quietly(backend)
 
-    def _held_by(self, backend: Backend) -> int:
-        """How many of the gateway's jobs ``backend`` should have queued or running."""
-        held = 0
-        for job_id in backend.outstanding:
+    def _settled(self, backend: Backend) -> list[Job]:
+        """Our jobs ``backend`` should hold now (handed over, not ending)."""
+        jobs = []
+        for job_id in self.core.jobs_on(backend.url):
+            ticket = self.core.tickets.get(job_id)
             job = self.registry.get(job_id)
             if (
-                job is not None
+                ticket is not None
+                and ticket.phase in (Phase.PENDING, Phase.RUNNING)
+                and job is not None
                 and not job.terminal
                 and not job.collecting
-                and job.backend == backend.url
-                and job.submitted.is_set()
             ):
-                held += 1
-        return held
+                jobs.append(job)
+        return jobs
 
     async def _missing_some(self, backend: Backend) -> bool:
         """True when ComfyUI holds fewer prompts than the gateway has jobs there."""
@@ -406,7 +371,7 @@ class JobTracker:
         except ComfyUIUnavailable as exc:
             log.info("queue probe of %s failed: %s", backend.url, exc)
             return False
-        return remaining < self._held_by(backend)
+        return remaining < len(self._settled(backend))
 
     async def reconcile(self, backend: Backend) -> None:
         """Bring every open job on ``backend`` in line with what ComfyUI knows."""
@@ -414,80 +379,44 @@ class JobTracker:
         async with lock:
             # Each with its submission count: a job handed to ComfyUI again
             # after ``queue`` was read is not in it, and is not lost.
-            jobs = [
-                (j, j.attempts)
-                for j in (self.registry.get(pid) for pid in list(backend.outstanding))
-                if j is not None and not j.terminal and j.submitted.is_set() and not j.collecting
-            ]
+            jobs = [(j, j.attempts) for j in self._settled(backend)]
+            log.debug("reconciling %d jobs with %s", len(jobs), backend.url)
             if not jobs:
                 return
             queue = await backend.client.queue()
             for job, attempts in jobs:
-                if (
-                    job.terminal
-                    or job.collecting
-                    or job.backend != backend.url
-                    or job.attempts != attempts
-                ):
+                if not self._still_there(job, backend, attempts):
                     continue
                 if job.job_id in queue.running:
                     job.started()
+                    self.fleet.tell(self.core.started, job.job_id)
                     continue
                 if job.job_id in queue.pending:
-                    job.queued(queue.position(job.job_id), backend.url)
                     continue
                 entry = await backend.client.history(job.job_id)
-                if job.terminal or job.collecting or job.attempts != attempts:
+                if not self._still_there(job, backend, attempts):
                     continue
                 if entry is not None:
                     job.collecting = True
                     self.tasks.spawn(
-                        self._apply_history(job, backend, entry), f"collect {job.job_id}"
+                        self.apply_history(job, backend, entry), f"collect {job.job_id}"
                     )
-                elif job.cancel_requested:
-                    self._finish_cancelled(job)
-                elif job.state is JobState.QUEUED or job.spec.retry_on_backend_loss:
-                    backend.outstanding.discard(job.job_id)
-                    job.requeued()
-                    self.tasks.spawn(self._resubmit(job, ""), f"resubmit {job.job_id}")
                 else:
-                    self.fail_lost(
-                        job,
-                        f"ComfyUI at {backend.url} no longer knows the job (restarted, or its "
-                        "queue was cleared) and it had already started",
+                    log.warning(
+                        "ComfyUI at %s no longer knows the job (restarted, or its queue "
+                        "was cleared)",
+                        backend.url,
+                        extra=job.log_context,
                     )
+                    self.fleet.tell(self.core.prompt_missing, job.job_id)
 
-    # -- cancel ---------------------------------------------------------------------
-
-    async def cancel(self, job: Job, budget_seconds: float) -> None:
-        backend = self.pool.get(job.backend)
-        if backend is None or job.terminal:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget_seconds
-        if job.state is JobState.QUEUED:
-            try:
-                await backend.client.delete_pending([job.job_id])
-            except ComfyUIUnavailable:
-                if backend.healthy:
-                    raise
-                # Unreachable (its jobs may be waiting for it): a ComfyUI that
-                # restarted has forgotten the prompt, one that was only cut off
-                # is told to drop it when it is back.
-                self._deletes_owed.setdefault(backend.url, set()).add(job.job_id)
-                backend.outstanding.discard(job.job_id)
-                self._finish_cancelled(job)
-                return
-            await self.reconcile(backend)
-        while not job.terminal and job.state is JobState.RUNNING:
-            self._last_interrupt[backend.url] = time.monotonic()
-            await backend.client.interrupt(job.job_id)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            if not await within(job.wait_terminal(), min(CANCEL_RESEND_SECONDS, remaining)):
-                await self.reconcile(backend)
-        if not job.terminal and job.state is JobState.UPLOADING:
-            remaining = deadline - loop.time()
-            if remaining > 0:
-                await within(job.wait_terminal(), remaining)
+    def _still_there(self, job: Job, backend: Backend, attempts: int) -> bool:
+        ticket = self.core.tickets.get(job.job_id)
+        return (
+            not job.terminal
+            and not job.collecting
+            and job.backend == backend.url
+            and job.attempts == attempts
+            and ticket is not None
+            and ticket.phase in (Phase.PENDING, Phase.RUNNING)
+        )

@@ -50,10 +50,12 @@ class Cancelled:
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """The job was running on a backend that was lost: it fails BACKEND_LOST."""
+    """The job was running on a backend that was lost or forgot it: it fails BACKEND_LOST."""
 
     job_id: str
     backend: str
+    forgotten: bool = False
+    """ComfyUI answers but no longer knows the prompt (restarted, queue cleared)."""
 
 
 @dataclass(frozen=True, slots=True)

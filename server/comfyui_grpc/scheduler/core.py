@@ -114,6 +114,20 @@ class Scheduler:
             self._positions_dirty = False
         return self._positions.get(job_id, 0)
 
+    def place(self, job_id: str) -> int:
+        """Where a job that has not started waits: its place in the gateway's line,
+        or once handed to a backend, among our prompts waiting there; 0 otherwise."""
+        ticket = self.tickets.get(job_id)
+        if ticket is None:
+            return 0
+        if ticket.phase is Phase.WAITING:
+            return self.position(job_id)
+        if ticket.phase in (Phase.SUBMITTING, Phase.PENDING, Phase.WITHDRAWING):
+            slot = self.backends.get(ticket.backend)
+            if slot is not None and job_id in slot.pending:
+                return list(slot.pending).index(job_id) + 1
+        return 0
+
     def jobs_on(self, url: str) -> list[str]:
         """Our prompts a backend holds or is being handed (running first)."""
         slot = self.backends.get(url)
@@ -300,7 +314,25 @@ class Scheduler:
         if was_running:
             slot.running = None
         self._reclaim_over(ticket)
-        self._requeue_or_lose(ticket, was_running)
+        self._requeue_or_lose(ticket, was_running, forgotten=True)
+        self._dispatch()
+
+    def requeue(self, job_id: str) -> None:
+        """ComfyUI stopped the job for a reason not its own (an interrupt meant
+        for another prompt): it goes back to the front of the line."""
+        ticket = self.tickets.get(job_id)
+        if ticket is None or ticket.phase in (Phase.WAITING, Phase.RELEASED):
+            return
+        slot = self._slot(ticket.backend)
+        slot.pending.pop(job_id, None)
+        if slot.running == job_id:
+            slot.running = None
+        self._reclaim_over(ticket)
+        if ticket.cancel_requested:
+            self._release(ticket)
+            self._emit(act.Cancelled(job_id))
+        else:
+            self._back_to_line(ticket)
         self._dispatch()
 
     # -- backends ---------------------------------------------------------------
@@ -394,13 +426,15 @@ class Scheduler:
         self._positions_dirty = True
         self._emit(act.Requeued(ticket.job_id, ticket.backend))
 
-    def _requeue_or_lose(self, ticket: Ticket, was_running: bool) -> None:
+    def _requeue_or_lose(
+        self, ticket: Ticket, was_running: bool, *, forgotten: bool = False
+    ) -> None:
         if ticket.cancel_requested:
             self._release(ticket)
             self._emit(act.Cancelled(ticket.job_id))
         elif was_running and not ticket.retry_on_loss:
             self._release(ticket)
-            self._emit(act.Lost(ticket.job_id, ticket.backend))
+            self._emit(act.Lost(ticket.job_id, ticket.backend, forgotten))
         else:
             self._back_to_line(ticket)
 

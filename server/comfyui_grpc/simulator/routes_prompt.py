@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..comfyui.validation import validate_prompt
 from .faults import INTERNAL_ERROR_TEXT
 from .queue import SENSITIVE_EXTRA_DATA_KEYS, QueueItem
 from .services import Services
-from .validation import validate_prompt
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def routes(services: Services) -> list[web.RouteDef]:
             )
         sensitive = {k: extra_data.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra_data}
         services.submitted_prompt_ids.append(prompt_id)
+        services.submitted_client_ids.append(str(body.get("client_id", "")))
         queue.put(QueueItem(number, prompt_id, prompt, extra_data, result.outputs, sensitive))
         return web.json_response(
             {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
@@ -81,7 +82,8 @@ def routes(services: Services) -> list[web.RouteDef]:
         if body.get("clear"):
             queue.wipe()
         for prompt_id in body.get("delete", []):
-            queue.delete_pending(prompt_id)
+            if queue.delete_pending(prompt_id):
+                services.deleted_prompt_ids.append(prompt_id)
         return web.Response(status=200)
 
     async def post_interrupt(request: web.Request) -> web.Response:

@@ -57,6 +57,11 @@ class Simulator:
         self.checkpoints = tuple(checkpoints)
         self.motion_modules = tuple(motion_modules)
         self.submitted_prompt_ids: list[str] = []
+        """Every prompt id POST /prompt accepted, in order (tests check exactly-once)."""
+        self.submitted_client_ids: list[str] = []
+        """The ``client_id`` each of those came with ("" when none)."""
+        self.deleted_prompt_ids: list[str] = []
+        """Prompt ids POST /queue ``delete`` took out of the pending queue."""
         self.host = "127.0.0.1"
         self.port = 0
         self._queue: PromptQueue | None = None
@@ -93,7 +98,15 @@ class Simulator:
         executor = Executor(queue, hub, catalog, self.folders, timing)
         hub.reconnect_node = executor.reconnect_node
         services = Services(
-            queue, hub, executor, catalog, self.folders, self._faults, self.submitted_prompt_ids
+            queue,
+            hub,
+            executor,
+            catalog,
+            self.folders,
+            self._faults,
+            self.submitted_prompt_ids,
+            self.submitted_client_ids,
+            self.deleted_prompt_ids,
         )
         runner = web.AppRunner(build_app(services), shutdown_timeout=0.5, access_log=None)
         await runner.setup()

@@ -22,3 +22,5 @@ class Services:
     folders: Folders
     get_faults: Callable[[], Faults]
     submitted_prompt_ids: list[str]
+    submitted_client_ids: list[str]
+    deleted_prompt_ids: list[str]

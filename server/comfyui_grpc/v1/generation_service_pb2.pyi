@@ -32,19 +32,23 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
     """Same as PRIORITY_NORMAL."""
     PRIORITY_NORMAL: _Priority.ValueType  # 1
-    """Joins the back of the backend's queue."""
+    """Joins the back of its caller's jobs."""
     PRIORITY_HIGH: _Priority.ValueType  # 2
-    """Joins the front of the backend's queue (ComfyUI `front: true`)."""
+    """Goes ahead of its caller's normal jobs (in its caller's turn), and to the
+    front of the backend's queue when handed out (ComfyUI `front: true`).
+    """
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Front-of-queue control for a job."""
+    """Order of a job among its caller's waiting jobs. Callers take turns either way."""
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
 """Same as PRIORITY_NORMAL."""
 PRIORITY_NORMAL: Priority.ValueType  # 1
-"""Joins the back of the backend's queue."""
+"""Joins the back of its caller's jobs."""
 PRIORITY_HIGH: Priority.ValueType  # 2
-"""Joins the front of the backend's queue (ComfyUI `front: true`)."""
+"""Goes ahead of its caller's normal jobs (in its caller's turn), and to the
+front of the backend's queue when handed out (ComfyUI `front: true`).
+"""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _VideoFormat:
@@ -280,7 +284,7 @@ class GenerateRequest(_message.Message):
     A repeated request_id returns the first job and never submits twice.
     """
     priority: Global___Priority.ValueType
-    """Queue placement on the chosen backend."""
+    """Order among the caller's own waiting jobs."""
     retry_on_backend_loss: _builtins.bool
     """If the backend running the job is lost, submit it again elsewhere
     instead of failing it.
@@ -336,7 +340,9 @@ class GenerateResponse(_message.Message):
     state: _job_pb2.JobState.ValueType
     """QUEUED for a new job; the current state for a repeated request_id."""
     queue_position: _builtins.int
-    """1-based position in the backend's waiting queue; 0 when not waiting."""
+    """1-based place in the line the job waits in (see `Job.queue_position`);
+    0 when not waiting.
+    """
     deduplicated: _builtins.bool
     """True when `request_id` matched an existing job and nothing was submitted."""
     def __init__(
@@ -406,14 +412,19 @@ Global___JobSnapshot: _TypeAlias = JobSnapshot  # noqa: Y015
 
 @_typing.final
 class JobQueued(_message.Message):
-    """The job was accepted into a ComfyUI queue."""
+    """The job waits: in the gateway's line (`backend` empty) or in a backend's
+    queue. Sent again when its place changes (every change up to place 10,
+    further back when it moved by a tenth).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     queue_position: _builtins.int
+    """See `Job.queue_position`."""
     backend: _builtins.str
+    """The backend whose queue it waits in; empty while in the gateway's line."""
     def __init__(
         self,
         *,

@@ -93,7 +93,11 @@ class GenerationServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Submits a job. Returns as soon as ComfyUI accepted (queued) it.
+        """Submits a job. Returns as soon as the job is checked against what the
+        ComfyUI backends can run (INVALID_ARGUMENT otherwise) and recorded: it
+        then waits in the gateway's line until a backend that can run it has
+        room. Callers take turns in that line (fair share by caller: the bearer
+        token's name, else the client certificate's subject).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,9 +113,10 @@ class GenerationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a job: a queued one is removed from ComfyUI's queue, a running one
-        is interrupted by its prompt id. Idempotent; a terminal job is returned
-        unchanged.
+        """Cancels a job: one waiting in the gateway's line is cancelled at once
+        (ComfyUI never hears of it), one in ComfyUI's queue is deleted there, a
+        running one is interrupted by its prompt id. Idempotent; a terminal job is
+        returned unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

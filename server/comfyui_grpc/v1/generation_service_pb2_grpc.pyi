@@ -43,16 +43,22 @@ class GenerationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GenerationServiceAsyncStub: ...
     Generate: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.GenerateRequest, _generation_service_pb2.GenerateResponse]
-    """Submits a job. Returns as soon as ComfyUI accepted (queued) it."""
+    """Submits a job. Returns as soon as the job is checked against what the
+    ComfyUI backends can run (INVALID_ARGUMENT otherwise) and recorded: it
+    then waits in the gateway's line until a backend that can run it has
+    room. Callers take turns in that line (fair share by caller: the bearer
+    token's name, else the client certificate's subject).
+    """
     StreamProgress: _grpc.UnaryStreamMultiCallable[_generation_service_pb2.StreamProgressRequest, _generation_service_pb2.ProgressEvent]
     """Streams a job's events: first a snapshot, then (optionally replayed and)
     live events, ending after the terminal event. Dropping the stream never
     cancels the job.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.CancelJobRequest, _generation_service_pb2.CancelJobResponse]
-    """Cancels a job: a queued one is removed from ComfyUI's queue, a running one
-    is interrupted by its prompt id. Idempotent; a terminal job is returned
-    unchanged.
+    """Cancels a job: one waiting in the gateway's line is cancelled at once
+    (ComfyUI never hears of it), one in ComfyUI's queue is deleted there, a
+    running one is interrupted by its prompt id. Idempotent; a terminal job is
+    returned unchanged.
     """
     GetResult: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.GetResultRequest, _generation_service_pb2.GetResultResponse]
     """Returns a job with its outputs, optionally waiting for it to finish."""
@@ -84,16 +90,22 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.GenerateRequest, _generation_service_pb2.GenerateResponse]  # type: ignore[assignment]
-    """Submits a job. Returns as soon as ComfyUI accepted (queued) it."""
+    """Submits a job. Returns as soon as the job is checked against what the
+    ComfyUI backends can run (INVALID_ARGUMENT otherwise) and recorded: it
+    then waits in the gateway's line until a backend that can run it has
+    room. Callers take turns in that line (fair share by caller: the bearer
+    token's name, else the client certificate's subject).
+    """
     StreamProgress: _aio.UnaryStreamMultiCallable[_generation_service_pb2.StreamProgressRequest, _generation_service_pb2.ProgressEvent]  # type: ignore[assignment]
     """Streams a job's events: first a snapshot, then (optionally replayed and)
     live events, ending after the terminal event. Dropping the stream never
     cancels the job.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.CancelJobRequest, _generation_service_pb2.CancelJobResponse]  # type: ignore[assignment]
-    """Cancels a job: a queued one is removed from ComfyUI's queue, a running one
-    is interrupted by its prompt id. Idempotent; a terminal job is returned
-    unchanged.
+    """Cancels a job: one waiting in the gateway's line is cancelled at once
+    (ComfyUI never hears of it), one in ComfyUI's queue is deleted there, a
+    running one is interrupted by its prompt id. Idempotent; a terminal job is
+    returned unchanged.
     """
     GetResult: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.GetResultRequest, _generation_service_pb2.GetResultResponse]  # type: ignore[assignment]
     """Returns a job with its outputs, optionally waiting for it to finish."""
@@ -128,7 +140,12 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _generation_service_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_generation_service_pb2.GenerateResponse, _abc.Awaitable[_generation_service_pb2.GenerateResponse]]:
-        """Submits a job. Returns as soon as ComfyUI accepted (queued) it."""
+        """Submits a job. Returns as soon as the job is checked against what the
+        ComfyUI backends can run (INVALID_ARGUMENT otherwise) and recorded: it
+        then waits in the gateway's line until a backend that can run it has
+        room. Callers take turns in that line (fair share by caller: the bearer
+        token's name, else the client certificate's subject).
+        """
 
     @_abc_1.abstractmethod
     def StreamProgress(
@@ -147,9 +164,10 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _generation_service_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_generation_service_pb2.CancelJobResponse, _abc.Awaitable[_generation_service_pb2.CancelJobResponse]]:
-        """Cancels a job: a queued one is removed from ComfyUI's queue, a running one
-        is interrupted by its prompt id. Idempotent; a terminal job is returned
-        unchanged.
+        """Cancels a job: one waiting in the gateway's line is cancelled at once
+        (ComfyUI never hears of it), one in ComfyUI's queue is deleted there, a
+        running one is interrupted by its prompt id. Idempotent; a terminal job is
+        returned unchanged.
         """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,9 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
     """Never set by the server; as a filter it means "any state"."""
     JOB_STATE_QUEUED: _JobState.ValueType  # 1
-    """Accepted and waiting in a ComfyUI queue."""
+    """Accepted and waiting: in the gateway's line, or handed to a backend and
+    waiting in its ComfyUI queue.
+    """
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     """ComfyUI is executing the workflow."""
     JOB_STATE_UPLOADING: _JobState.ValueType  # 3
@@ -50,7 +52,9 @@ class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
 JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
 """Never set by the server; as a filter it means "any state"."""
 JOB_STATE_QUEUED: JobState.ValueType  # 1
-"""Accepted and waiting in a ComfyUI queue."""
+"""Accepted and waiting: in the gateway's line, or handed to a backend and
+waiting in its ComfyUI queue.
+"""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 """ComfyUI is executing the workflow."""
 JOB_STATE_UPLOADING: JobState.ValueType  # 3
@@ -288,11 +292,17 @@ class Job(_message.Message):
     state: Global___JobState.ValueType
     kind: Global___JobKind.ValueType
     queue_position: _builtins.int
-    """1-based position among the jobs waiting on the same backend (1 = runs
-    next); 0 when the job is not waiting.
+    """1-based place in the line the job really waits in (1 = goes next); 0
+    when it is not waiting. While `backend` is empty that is the gateway's
+    line, in the order jobs will be handed out (callers' turns, priority,
+    arrival); once handed to a backend (`backend` set, at most
+    `--backend-prefetch` per backend), its place among this gateway's
+    prompts waiting in that ComfyUI's queue.
     """
     backend: _builtins.str
-    """The ComfyUI backend the job runs on (its base URL)."""
+    """The ComfyUI backend the job was handed to (its base URL); empty while it
+    waits in the gateway's line.
+    """
     sequence: _builtins.int
     """The sequence number of the newest event reflected in this view."""
     cancel_requested: _builtins.bool

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -80,6 +80,16 @@ class NodeCatalog:
 
     def object_info(self) -> dict[str, Any]:
         return {name: self.spec(name) for name in self._order}
+
+    def custom_check(
+        self, class_type: str
+    ) -> tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool | str]] | None:
+        definition = self._defs[class_type]
+        check = definition.custom_validation
+        if check is None:
+            return None
+        folders = self.folders
+        return definition.validated_inputs, lambda inputs: check(folders, inputs)
 
     def input_types(self, class_type: str) -> Mapping[str, Mapping[str, Any]]:
         inputs: Mapping[str, Mapping[str, Any]] = self.spec(class_type)["input"]

@@ -1,7 +1,10 @@
 """Prompt validation with ComfyUI's error types, shapes and quirks.
 
-Written to behave like ComfyUI 0.3.64 as recorded in transcripts 04, 13, 16 and
-17: values are coerced in place (``8`` becomes ``8.0`` for a FLOAT), a broken
+One piece of code for both sides: the gateway checks a graph at Generate
+against a backend's ``/object_info`` (:func:`validate_against`), and the
+simulator answers ``POST /prompt`` with it, where the recorded transcripts
+check it. Written to behave like ComfyUI 0.3.64 as recorded in transcripts
+04, 13, 16 and 17: values are coerced in place (``8`` becomes ``8.0`` for a FLOAT), a broken
 link inside an upstream node is reported under that node's id but with the
 downstream input's name, the node behind a mistyped link is not validated, and
 outputs that fail are dropped silently when at least one output is valid.
@@ -12,11 +15,11 @@ lets them happen, so their messages match.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .nodes import NodeCatalog
+from .errors import ComfyUIValidationError
 
 JsonDict = dict[str, Any]
 Verdict = tuple[bool, list[JsonDict], str]
@@ -26,6 +29,74 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "STRING": str,
     "BOOLEAN": bool,
 }
+
+
+CustomCheck = tuple[tuple[str, ...], Callable[[Mapping[str, Any]], "bool | str"]]
+
+
+class NodeSchemas(Protocol):
+    """What validation needs to know of the node classes a server has."""
+
+    def __contains__(self, class_type: object) -> bool: ...
+
+    def input_types(self, class_type: str) -> Mapping[str, Mapping[str, Any]]: ...
+
+    def return_types(self, class_type: str) -> Sequence[Any]: ...
+
+    def is_output(self, class_type: str) -> bool: ...
+
+    def custom_check(self, class_type: str) -> CustomCheck | None:
+        """A node's own check of some inputs (``VALIDATE_INPUTS``), where it is known."""
+        ...
+
+
+class ObjectInfoSchemas:
+    """:class:`NodeSchemas` read from a ``/object_info`` answer (no custom checks)."""
+
+    def __init__(self, object_info: Mapping[str, Any]) -> None:
+        self._info = object_info
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._info
+
+    def input_types(self, class_type: str) -> Mapping[str, Mapping[str, Any]]:
+        sections = self._info[class_type].get("input")
+        return sections if isinstance(sections, Mapping) else {}
+
+    def return_types(self, class_type: str) -> Sequence[Any]:
+        output = self._info[class_type].get("output")
+        return output if isinstance(output, list) else []
+
+    def is_output(self, class_type: str) -> bool:
+        return bool(self._info[class_type].get("output_node"))
+
+    def custom_check(self, class_type: str) -> CustomCheck | None:
+        return None
+
+
+def validate_against(
+    object_info: Mapping[str, Any], prompt: Mapping[str, Any]
+) -> ComfyUIValidationError | None:
+    """What ComfyUI with this ``/object_info`` would answer to ``prompt``, as an error.
+
+    A graph ComfyUI would only partly run (some outputs invalid) is an error
+    too. The prompt is not changed.
+    """
+    copy = {
+        node_id: {**node, "inputs": dict(node.get("inputs") or {})}
+        if isinstance(node, Mapping)
+        else node
+        for node_id, node in prompt.items()
+    }
+    result = validate_prompt(ObjectInfoSchemas(object_info), copy)
+    if not result.ok:
+        error = result.error or {}
+        return ComfyUIValidationError(
+            str(error.get("message") or "invalid workflow"), error, result.node_errors
+        )
+    if result.node_errors:
+        return ComfyUIValidationError("some outputs failed validation", {}, result.node_errors)
+    return None
 
 
 @dataclass
@@ -60,7 +131,7 @@ def types_match(received: Any, expected: Any) -> bool:
 
 
 class _Validator:
-    def __init__(self, catalog: NodeCatalog, prompt: JsonDict) -> None:
+    def __init__(self, catalog: NodeSchemas, prompt: JsonDict) -> None:
         self.catalog = catalog
         self.prompt = prompt
         self.validated: dict[str, Verdict] = {}
@@ -70,7 +141,8 @@ class _Validator:
             return self.validated[unique_id]
         inputs = self.prompt[unique_id]["inputs"]
         class_type = self.prompt[unique_id]["class_type"]
-        definition = self.catalog.definition(class_type)
+        custom = self.catalog.custom_check(class_type)
+        validated_inputs = custom[0] if custom is not None else ()
         sections = self.catalog.input_types(class_type)
         errors: list[JsonDict] = []
         valid = True
@@ -100,15 +172,15 @@ class _Validator:
                 if not self._link(unique_id, name, value, input_type, info, errors):
                     valid = False
                 continue
-            if name in definition.validated_inputs:
+            if name in validated_inputs:
                 continue
             if not self._constant(inputs, name, value, input_type, extra, info, errors):
                 continue
-        if definition.custom_validation is not None:
-            for name in definition.validated_inputs:
+        if custom is not None:
+            for name in validated_inputs:
                 if name not in inputs or isinstance(inputs[name], list):
                     continue
-                verdict = definition.custom_validation(self.catalog.folders, inputs)
+                verdict = custom[1](inputs)
                 if verdict is not True:
                     details = name if verdict is False else f"{name} - {verdict}"
                     errors.append(
@@ -252,7 +324,7 @@ class _Validator:
 
 
 def validate_prompt(
-    catalog: NodeCatalog, prompt: JsonDict, targets: Sequence[str] | None = None
+    catalog: NodeSchemas, prompt: JsonDict, targets: Sequence[str] | None = None
 ) -> ValidationResult:
     """Validate (and coerce in place) a prompt the way POST /prompt does."""
     outputs: list[str] = []

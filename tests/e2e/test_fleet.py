@@ -1,0 +1,171 @@
+"""The fleet scheduler over real ports: late binding, routing by inventory,
+fair share by caller, validation at Generate, cancel in the gateway's line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from comfyui_grpc.app import Gateway
+from comfyui_grpc.simulator import Simulator
+from comfyui_grpc.v1 import generation_service_pb2 as pb
+from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
+from comfyui_grpc.v1 import job_pb2
+from testkit import gateway_settings
+
+from .helpers import slow_workflow, small_image, status_details, until_event, workflow_request
+
+
+@pytest.fixture
+async def two_kinds(tmp_path: Path) -> AsyncIterator[tuple[Simulator, Simulator]]:
+    sd = Simulator(output_dir=tmp_path / "sd", step_seconds=0.0, checkpoints=["sd15.safetensors"])
+    xl = Simulator(
+        output_dir=tmp_path / "xl", step_seconds=0.0, checkpoints=["sd_xl_base_1.0.safetensors"]
+    )
+    await sd.start()
+    await xl.start()
+    try:
+        yield sd, xl
+    finally:
+        await sd.stop()
+        await xl.stop()
+
+
+async def test_a_job_runs_only_where_its_checkpoint_is(
+    two_kinds: tuple[Simulator, Simulator], tmp_path: Path
+) -> None:
+    sd, xl = two_kinds
+    gw = Gateway(gateway_settings(tmp_path, sd.url, xl.url))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            for checkpoint, simulator in (
+                ("sd_xl_base_1.0.safetensors", xl),
+                ("sd15.safetensors", sd),
+            ):
+                for _ in range(3):
+                    job = await stub.Generate(small_image(checkpoint=checkpoint), timeout=10)
+                    done = await stub.GetResult(
+                        pb.GetResultRequest(job_id=job.job_id, wait_timeout={"seconds": 30}),
+                        timeout=40,
+                    )
+                    assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
+                    assert done.job.backend == simulator.url
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(small_image(checkpoint="nowhere.safetensors"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            _, bad_request, _ = status_details(info.value)
+            assert bad_request is not None
+            fields = [v.field for v in bad_request.field_violations]
+            assert fields == ["text_to_image.checkpoint"]
+            assert "nowhere.safetensors" in bad_request.field_violations[0].description
+    finally:
+        await gw.stop(grace=0)
+    # Refused at Generate: neither ComfyUI was asked.
+    assert len(sd.submitted_prompt_ids) == 3
+    assert len(xl.submitted_prompt_ids) == 3
+
+
+async def test_invalid_input_is_refused_at_generate_without_comfyui(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gw = Gateway(gateway_settings(tmp_path, simulator.url))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            graph = slow_workflow(3, 0.0)
+            graph["2"]["inputs"]["steps"] = -1  # type: ignore[index]  # below min 0
+            del graph["3"]["inputs"]["filename_prefix"]  # type: ignore[attr-defined]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(workflow_request(graph), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            _, bad_request, _ = status_details(info.value)
+            assert bad_request is not None
+            fields = sorted(v.field for v in bad_request.field_violations)
+            assert fields == ["workflow.2.inputs.steps", "workflow.3.inputs.filename_prefix"]
+    finally:
+        await gw.stop(grace=0)
+    assert simulator.submitted_prompt_ids == []
+
+
+async def test_a_waiting_job_is_cancelled_without_reaching_comfyui(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gw = Gateway(gateway_settings(tmp_path, simulator.url, backend_prefetch=0))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            running = await stub.Generate(workflow_request(slow_workflow(200, 0.02, "r")))
+            await until_event(stub, running.job_id, "started")
+            waiting = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "w")))
+            assert waiting.queue_position == 1
+            cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=waiting.job_id))
+            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+            await stub.CancelJob(pb.CancelJobRequest(job_id=running.job_id), timeout=15)
+    finally:
+        await gw.stop(grace=0)
+    assert simulator.submitted_prompt_ids == [running.job_id]
+
+
+async def test_callers_take_turns_and_each_has_a_limit(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("batch:token-a\ninteractive:token-b\n")
+    gw = Gateway(
+        gateway_settings(
+            tmp_path,
+            simulator.url,
+            auth_token_file=str(tokens),
+            backend_prefetch=0,
+            max_queued_jobs_per_caller=5,
+        )
+    )
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        address = f"localhost:{gw.port}"
+        local = grpc.local_channel_credentials()
+        as_a = grpc.composite_channel_credentials(
+            local, grpc.access_token_call_credentials("token-a")
+        )
+        as_b = grpc.composite_channel_credentials(
+            local, grpc.access_token_call_credentials("token-b")
+        )
+        async with (
+            grpc.aio.secure_channel(address, as_a) as channel_a,
+            grpc.aio.secure_channel(address, as_b) as channel_b,
+        ):
+            stub = pb_grpc.GenerationServiceStub(channel_a)
+            stub_b = pb_grpc.GenerationServiceStub(channel_b)
+            blocker = await stub.Generate(workflow_request(slow_workflow(200, 0.02, "block")))
+            await until_event(stub, blocker.job_id, "started")
+            mine = [(await stub.Generate(small_image(f"a{n}"))).job_id for n in range(5)]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(small_image("a-too-many"))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            info_detail, _, retry = status_details(info.value)
+            assert info_detail is not None
+            assert info_detail.reason == "CALLER_QUEUE_FULL"
+            assert retry is not None
+            theirs = await stub_b.Generate(small_image("b0"))
+            # A already had its turn (the running job): B's one job goes next,
+            # not behind A's five.
+            assert theirs.queue_position == 1
+            await stub.CancelJob(pb.CancelJobRequest(job_id=blocker.job_id), timeout=15)
+            for job_id in [*mine, theirs.job_id]:
+                await stub.GetResult(
+                    pb.GetResultRequest(job_id=job_id, wait_timeout={"seconds": 30}), timeout=40
+                )
+    finally:
+        await gw.stop(grace=0)
+    order = simulator.submitted_prompt_ids
+    assert order[:3] == [blocker.job_id, theirs.job_id, mine[0]]
