@@ -148,6 +148,7 @@ class Gateway:
                 (b.url, b.healthy, len(self.service.core.jobs_on(b.url)), b.socket.reconnects)
                 for b in self.pool
             ),
+            self.service.core.waiting_by_caller,
         )
         self.gate = DrainGate((health.SERVICE_NAME, reflection.SERVICE_NAME))
         self.metrics_server: MetricsServer | None = None
@@ -216,6 +217,7 @@ class Gateway:
     async def _start(self) -> None:
         credentials = server_credentials(self.settings)
         tokens = read_tokens(self.settings)
+        self.metrics.known_callers = frozenset(tokens.values())
         self._comfyui_headers = comfyui_headers(self.settings)
         await self.store.start()
         if self.discovery is not None:

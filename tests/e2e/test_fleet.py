@@ -13,6 +13,7 @@ from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
+from prometheus_client import generate_latest
 from testkit import gateway_settings
 
 from .helpers import slow_workflow, small_image, status_details, until_event, workflow_request
@@ -157,6 +158,9 @@ async def test_callers_take_turns_and_each_has_a_limit(
             assert info_detail.reason == "CALLER_QUEUE_FULL"
             assert retry is not None
             theirs = await stub_b.Generate(small_image("b0"))
+            scrape = generate_latest(gw.metrics.registry).decode()
+            assert 'comfyui_grpc_caller_waiting_jobs{caller="batch"} 5.0' in scrape
+            assert 'comfyui_grpc_caller_waiting_jobs{caller="interactive"} 1.0' in scrape
             # A already had its turn (the running job): B's one job goes next,
             # not behind A's five.
             assert theirs.queue_position == 1
@@ -167,5 +171,8 @@ async def test_callers_take_turns_and_each_has_a_limit(
                 )
     finally:
         await gw.stop(grace=0)
+    scrape = generate_latest(gw.metrics.registry).decode()
+    assert 'comfyui_grpc_caller_queue_wait_seconds_count{caller="interactive"} 1.0' in scrape
+    assert 'comfyui_grpc_caller_queue_wait_seconds_count{caller="batch"} 6.0' in scrape
     order = simulator.submitted_prompt_ids
     assert order[:3] == [blocker.job_id, theirs.job_id, mine[0]]

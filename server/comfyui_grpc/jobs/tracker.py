@@ -108,7 +108,9 @@ class JobTracker:
         )
         self.metrics.job_finished(job.state)
         if job.start_time is not None:
-            self.metrics.queue_wait.observe(max(0.0, job.start_time - job.create_time))
+            waited = max(0.0, job.start_time - job.create_time)
+            self.metrics.queue_wait.observe(waited)
+            self.metrics.caller_waited(job.spec.caller, waited)
             finished = job.upload_start_time or job.end_time
             if finished is not None:
                 self.metrics.execution.observe(max(0.0, finished - job.start_time))

@@ -9,7 +9,7 @@ the live objects instead of being kept in step by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -27,9 +27,13 @@ class _StateCollector(Collector):
         self,
         job_states: Callable[[], Iterable[JobState]],
         backends: Callable[[], Iterable[tuple[str, bool, int, int]]],
+        waiting: Callable[[], Mapping[str, int]],
+        caller_label: Callable[[str], str],
     ) -> None:
         self._job_states = job_states
         self._backends = backends
+        self._waiting = waiting
+        self._caller_label = caller_label
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = dict.fromkeys(JobState, 0)
@@ -65,6 +69,18 @@ class _StateCollector(Collector):
         yield up
         yield depth
         yield reconnects
+        waiting = GaugeMetricFamily(
+            f"{NAMESPACE}_caller_waiting_jobs",
+            "Jobs waiting in the gateway's line, by caller.",
+            labels=["caller"],
+        )
+        by_label: dict[str, int] = {}
+        for caller, count in self._waiting().items():
+            label = self._caller_label(caller)
+            by_label[label] = by_label.get(label, 0) + count
+        for label, count in sorted(by_label.items()):
+            waiting.add_metric([label], count)
+        yield waiting
 
 
 class Metrics:
@@ -93,6 +109,17 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.known_callers: frozenset[str] = frozenset()
+        """Caller names from the token file: the only ones used as label values."""
+        self.caller_queue_wait = Histogram(
+            "caller_queue_wait_seconds",
+            "Time from submission until ComfyUI started the job, by caller.",
+            ["caller"],
+            namespace=NAMESPACE,
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self._wait_children: dict[str, Histogram] = {}
         self.queue_wait = Histogram(
             "job_queue_wait_seconds",
             "Time from submission until ComfyUI started the job.",
@@ -161,8 +188,22 @@ class Metrics:
         self,
         job_states: Callable[[], Iterable[JobState]],
         backends: Callable[[], Iterable[tuple[str, bool, int, int]]],
+        waiting: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
-        self.registry.register(_StateCollector(job_states, backends))
+        self.registry.register(_StateCollector(job_states, backends, waiting, self.caller_label))
+
+    def caller_label(self, caller: str) -> str:
+        """A caller as a label value: names from the token file and ``anonymous`` as
+        they are, anyone else (client certificates) as ``other``, so the label's
+        values are bounded by the token file."""
+        return caller if caller in self.known_callers or caller == "anonymous" else "other"
+
+    def caller_waited(self, caller: str, seconds: float) -> None:
+        label = self.caller_label(caller)
+        child = self._wait_children.get(label)
+        if child is None:
+            child = self._wait_children[label] = self.caller_queue_wait.labels(label)
+        child.observe(seconds)
 
     def protocol_error(self, backend: str, kind: str) -> None:
         self.protocol_errors.labels(backend, kind).inc()
