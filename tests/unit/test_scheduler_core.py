@@ -425,3 +425,19 @@ def test_random_interleavings_keep_every_rule(
 def test_prefetch_must_not_be_negative(prefetch: int) -> None:
     with pytest.raises(ValueError, match="prefetch"):
         Scheduler(prefetch=prefetch)
+
+
+def test_a_job_whose_end_went_unheard_stays_to_be_reconciled() -> None:
+    core = Scheduler(prefetch=1)
+    core.add_backend("a")
+    core.adopt("before-restart", caller="c", needs=SD, backend="a", running=True)
+    core.backend_up("a", inventory("sd.safetensors"))
+    core.submit("new", caller="c", needs=SD)
+    assert submits(core.take_actions()) == [("new", "a")]
+    core.submitted("new")
+    core.started("new")  # ComfyUI moved on: the adopted one ended unheard
+    assert core.tickets["before-restart"].phase is Phase.RUNNING
+    assert "before-restart" in core.jobs_on("a")
+    assert core.backends["a"].load == 1
+    core.prompt_missing("before-restart")
+    assert core.take_actions() == [act.Lost("before-restart", "a", True)]

@@ -68,6 +68,8 @@ class Backend:
         self._on_task_give_up = on_task_give_up
         self.inventory: Inventory | None = None
         """What it can run, from ``/object_info`` (the last one read)."""
+        self.inventory_read = asyncio.Event()
+        """Set once an inventory was read: jobs are routed to it from then on."""
         self._on_disconnect_cb = on_disconnect
         self._on_connect_cb = on_connect
         self.socket = ComfyUISocket(
@@ -162,7 +164,12 @@ class Backend:
             )
 
     async def wait_connected(self, timeout: float) -> bool:
-        return await within(self.socket.connected.wait(), timeout)
+        """Wait for the socket and the first inventory (jobs are routed to it then)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not await within(self.socket.connected.wait(), timeout):
+            return False
+        return await within(self.inventory_read.wait(), max(0.0, deadline - loop.time()))
 
     async def close(self) -> None:
         self._closing = True

@@ -290,6 +290,8 @@ class JobTracker:
         if backend.healthy and self.pool.get(backend.url) is backend:
             backend.inventory = inventory or backend.inventory
             self.fleet.tell(self.core.backend_up, backend.url, inventory)
+            if backend.inventory is not None:
+                backend.inventory_read.set()
 
     async def _reconcile_quietly(self, backend: Backend) -> None:
         try:

@@ -75,6 +75,9 @@ class BackendSlot:
     running: str | None = None
     pending: dict[str, None] = field(default_factory=dict)
     """Our prompts handed to it and not started, in hand-out order."""
+    unheard: set[str] = field(default_factory=set)
+    """Ours that ComfyUI has moved past (another prompt started) without our
+    hearing how they ended: no longer holding the GPU, still to reconcile."""
     owed: set[str] = field(default_factory=set)
     """Prompts it may still hold after we gave them up: deleted when it is back."""
     reclaiming: bool = False
@@ -134,7 +137,7 @@ class Scheduler:
         if slot is None:
             return []
         running = [slot.running] if slot.running is not None else []
-        return running + list(slot.pending)
+        return running + list(slot.pending) + sorted(slot.unheard)
 
     def can_run(self, needs: Needs) -> list[str]:
         """Backends whose known inventory satisfies ``needs`` (up or not)."""
@@ -246,8 +249,10 @@ class Scheduler:
         slot = self._slot(ticket.backend)
         slot.pending.pop(job_id, None)
         if slot.running is not None and slot.running != job_id:
-            # Its end was missed; ComfyUI runs one prompt at a time.
-            self._release(self.tickets[slot.running])
+            # ComfyUI runs one prompt at a time: the one we thought running has
+            # ended unheard. Reconciliation learns how; the GPU is not its.
+            slot.unheard.add(slot.running)
+        slot.unheard.discard(job_id)
         slot.running = job_id
         withdrawing = ticket.phase is Phase.WITHDRAWING
         ticket.phase = Phase.RUNNING
@@ -310,8 +315,9 @@ class Scheduler:
             return
         slot = self._slot(ticket.backend)
         slot.pending.pop(job_id, None)
-        was_running = slot.running == job_id
-        if was_running:
+        was_running = slot.running == job_id or job_id in slot.unheard
+        slot.unheard.discard(job_id)
+        if slot.running == job_id:
             slot.running = None
         self._reclaim_over(ticket)
         self._requeue_or_lose(ticket, was_running, forgotten=True)
@@ -325,6 +331,7 @@ class Scheduler:
             return
         slot = self._slot(ticket.backend)
         slot.pending.pop(job_id, None)
+        slot.unheard.discard(job_id)
         if slot.running == job_id:
             slot.running = None
         self._reclaim_over(ticket)
@@ -372,9 +379,10 @@ class Scheduler:
         slot.up = False
         for job_id in reversed(self.jobs_on(url)):
             ticket = self.tickets[job_id]
-            was_running = slot.running == job_id
+            was_running = slot.running == job_id or job_id in slot.unheard
             slot.pending.pop(job_id, None)
-            if was_running:
+            slot.unheard.discard(job_id)
+            if slot.running == job_id:
                 slot.running = None
             if not was_running:
                 # It may still sit in that ComfyUI's queue: deleted when it is back.
@@ -408,6 +416,7 @@ class Scheduler:
         slot = self.backends.get(ticket.backend)
         if slot is not None:
             slot.pending.pop(ticket.job_id, None)
+            slot.unheard.discard(ticket.job_id)
             if slot.running == ticket.job_id:
                 slot.running = None
         self._reclaim_over(ticket)

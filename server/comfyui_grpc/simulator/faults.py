@@ -38,6 +38,9 @@ class Faults:
     """Overrides the simulator's step duration (KSampler steps, VHS frames)."""
     time_scale: float | None = None
     """Overrides the simulator's multiplier for ``TestSlowProgress.seconds_per_step``."""
+    lose_prompt_answers: int = 0
+    """The next N accepted ``POST /prompt`` are queued, then their connection is
+    cut before the answer: the prompt landed, the client cannot know it."""
     required_authorization: str | None = None
     """Answer 401 to any request (WebSocket handshakes included) whose
     ``Authorization`` header differs, as an auth proxy in front of ComfyUI does."""

@@ -67,6 +67,10 @@ def routes(services: Services) -> list[web.RouteDef]:
         services.submitted_prompt_ids.append(prompt_id)
         services.submitted_client_ids.append(str(body.get("client_id", "")))
         queue.put(QueueItem(number, prompt_id, prompt, extra_data, result.outputs, sensitive))
+        faults = services.get_faults()
+        if faults.lose_prompt_answers > 0 and request.transport is not None:
+            faults.lose_prompt_answers -= 1
+            request.transport.abort()
         return web.json_response(
             {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
         )

@@ -160,6 +160,12 @@ class Simulator:
         await self.stop()
         self.folders.cleanup()
 
+    def set_checkpoints(self, names: Sequence[str]) -> None:
+        """Change the checkpoint files this ComfyUI has (a model added or removed)."""
+        self.checkpoints = tuple(names)
+        if self._services is not None:
+            self._services.catalog.checkpoints = sorted(names)
+
     def broadcast_status(self) -> None:
         """Send every socket a ``status`` message now, as a queue change does."""
         if self._services is not None:
