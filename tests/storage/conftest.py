@@ -12,7 +12,7 @@ import pytest
 from aiobotocore.config import AioConfig
 from comfyui_grpc.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from storage_helpers import ACCESS_KEY, SECRET_KEY, FaultProxy, LogTrigger, s3_settings
-from support.s3 import MotoServer
+from support.s3 import HttpTapProxy, MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +67,17 @@ async def proxy(moto_endpoint: str) -> AsyncIterator[FaultProxy]:
         yield fault_proxy
     finally:
         await fault_proxy.close()
+
+
+@pytest.fixture
+async def tap(moto_endpoint: str) -> AsyncIterator[HttpTapProxy]:
+    """An HTTP-aware proxy in front of moto that records and can rewrite requests."""
+    tap_proxy = HttpTapProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    await tap_proxy.start()
+    try:
+        yield tap_proxy
+    finally:
+        await tap_proxy.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""S3 for tests: a moto server process, a fault-injecting TCP proxy, a plain client.
+"""S3 for tests: a moto server process, fault-injecting proxies, a plain client.
 
 Everything listens on loopback only.
 """
@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +158,22 @@ class FaultProxy:
         self._links.add(link)
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, downstream=False),
+                self._upstream(reader, up_writer, writer),
                 self._pipe(up_reader, writer, downstream=True),
             )
         finally:
             self._links.discard(link)
             writer.transport.abort()
             up_writer.transport.abort()
+
+    async def _upstream(
+        self,
+        reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Carries the client's bytes to the server (``writer`` is the client's side)."""
+        await self._pipe(reader, up_writer, downstream=False)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
@@ -188,3 +199,110 @@ class FaultProxy:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One HTTP/1.1 request as the client sent it, body de-chunked."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+    def encode(self) -> bytes:
+        """The request on the wire: ``Content-Length`` fitted to ``body``, no ``Expect``."""
+        framing = {"content-length", "transfer-encoding"}
+        lines = [f"{self.method} {self.target} HTTP/1.1"]
+        lines += [
+            f"{key}: {value}"
+            for key, value in self.headers
+            if key.lower() not in framing and key.lower() != "expect"
+        ]
+        if self.body or any(key.lower() in framing for key, _ in self.headers):
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+Rewrite = Callable[[HttpRequest], HttpRequest]
+
+
+class HttpTapProxy(FaultProxy):
+    """A :class:`FaultProxy` that reads the client's HTTP requests one by one.
+
+    Every request is kept in ``requests`` as the client sent it (to check
+    what a client puts on the wire), then passed through ``rewrite`` (to
+    make the server see something else) before it goes on. An
+    ``Expect: 100-continue`` is answered here, because the whole body is
+    read before the request is forwarded. Answers pass through untouched.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.requests: list[HttpRequest] = []
+        self.rewrite: Rewrite | None = None
+
+    async def _upstream(
+        self,
+        reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            while request := await self._read_request(reader, writer):
+                self.requests.append(request)
+                if self.rewrite is not None:
+                    request = self.rewrite(request)
+                up_writer.write(request.encode())
+                await up_writer.drain()
+            if up_writer.can_write_eof():
+                up_writer.write_eof()
+
+    @staticmethod
+    async def _read_request(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> HttpRequest | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            return None  # the client closed between requests
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
+        method, target, _version = request_line.split(" ", 2)
+        headers = tuple(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in header_lines)
+        )
+        request = HttpRequest(method, target, headers, b"")
+        if (request.header("Expect") or "").lower() == "100-continue":
+            # No pipe writes to the client now: the server has nothing to answer yet.
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+        if "chunked" in (request.header("Transfer-Encoding") or "").lower():
+            body = await _read_chunked(reader)
+        else:
+            body = await reader.readexactly(int(request.header("Content-Length") or 0))
+        return replace(request, body=body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    while await reader.readuntil(b"\r\n") != b"\r\n":
+        pass  # trailers
+    return bytes(body)
