@@ -3,6 +3,8 @@ real loopback ports in the test's event loop."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,15 @@ from comfyui_grpc.app import Gateway
 from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from testkit import gateway_settings
+
+# The chaos run's fresh seed, chosen once per session and printed in the header.
+CHAOS_RANDOM_SEED = int(
+    os.environ.setdefault("COMFYUI_GRPC_CHAOS_RANDOM_SEED", str(int(time.time()) % 100_000))
+)
+
+
+def pytest_report_header() -> str:
+    return f"chaos random seed: {CHAOS_RANDOM_SEED} (CHAOS_SEED={CHAOS_RANDOM_SEED} replays it)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -3,6 +3,7 @@ fair share by caller, validation at Generate, cancel in the gateway's line."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
+from PIL import Image
 from prometheus_client import generate_latest
 from testkit import gateway_settings
 
@@ -176,3 +178,47 @@ async def test_callers_take_turns_and_each_has_a_limit(
     assert 'comfyui_grpc_caller_queue_wait_seconds_count{caller="batch"} 6.0' in scrape
     order = simulator.submitted_prompt_ids
     assert order[:3] == [blocker.job_id, theirs.job_id, mine[0]]
+
+
+async def test_an_image_uploaded_after_the_inventory_was_read_is_accepted(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """LoadImage's choices change with every upload: the gateway's copy of
+    /object_info cannot judge them, ComfyUI does when the job reaches it."""
+    gw = Gateway(gateway_settings(tmp_path, simulator.url))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        png = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(png, format="PNG")
+
+        async def parts() -> AsyncIterator[pb.UploadInputRequest]:
+            yield pb.UploadInputRequest(metadata=pb.UploadInputMetadata(filename="fresh.png"))
+            yield pb.UploadInputRequest(chunk=png.getvalue())
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            uploaded = await stub.UploadInput(parts(), timeout=10)
+            graph = {
+                "1": {"class_type": "LoadImage", "inputs": {"image": uploaded.image}},
+                "2": {
+                    "class_type": "SaveImage",
+                    "inputs": {"images": ["1", 0], "filename_prefix": "loaded"},
+                },
+            }
+            job = await stub.Generate(workflow_request(graph))
+            done = await stub.GetResult(
+                pb.GetResultRequest(job_id=job.job_id, wait_timeout={"seconds": 30}), timeout=40
+            )
+            assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
+            # A file that is not there is still refused, by ComfyUI, as the job's failure.
+            graph["1"]["inputs"]["image"] = "missing.png"
+            job = await stub.Generate(workflow_request(graph))
+            done = await stub.GetResult(
+                pb.GetResultRequest(job_id=job.job_id, wait_timeout={"seconds": 30}), timeout=40
+            )
+            assert done.job.state == job_pb2.JOB_STATE_FAILED
+            assert done.job.error.reason == "VALIDATION_FAILED"
+            assert "1.inputs.image" in done.job.error.message
+    finally:
+        await gw.stop(grace=0)

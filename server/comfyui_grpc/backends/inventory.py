@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..comfyui.validation import is_upload_input
+
 # Combo inputs that name model files, by the folder ComfyUI keeps them in:
 # what ListModels-style views group by. Other combos (samplers...) are not models.
 MODEL_INPUTS: Mapping[str, str] = {
@@ -108,6 +110,8 @@ class Inventory:
                     if not isinstance(section, Mapping):
                         continue
                     for name, spec in section.items():
+                        if is_upload_input(spec):
+                            continue  # uploaded files: they change with every upload
                         options = _combo_options(spec)
                         if options is not None:
                             combos[(str(class_type), str(name))] = options

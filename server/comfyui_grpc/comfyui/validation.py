@@ -50,8 +50,23 @@ class NodeSchemas(Protocol):
         ...
 
 
+def is_upload_input(spec: Any) -> bool:
+    """An input whose choices are uploaded files (``image_upload``...): they change
+    with every upload, so a copy of ``/object_info`` cannot judge them."""
+    return (
+        isinstance(spec, list)
+        and len(spec) > 1
+        and isinstance(spec[1], Mapping)
+        and any(key.endswith("_upload") and value for key, value in spec[1].items())
+    )
+
+
 class ObjectInfoSchemas:
-    """:class:`NodeSchemas` read from a ``/object_info`` answer (no custom checks)."""
+    """:class:`NodeSchemas` read from a ``/object_info`` answer (no custom checks).
+
+    Inputs that pick an uploaded file are taken as any string: the answer may
+    predate the upload, and ComfyUI checks the file when the job reaches it.
+    """
 
     def __init__(self, object_info: Mapping[str, Any]) -> None:
         self._info = object_info
@@ -61,7 +76,18 @@ class ObjectInfoSchemas:
 
     def input_types(self, class_type: str) -> Mapping[str, Mapping[str, Any]]:
         sections = self._info[class_type].get("input")
-        return sections if isinstance(sections, Mapping) else {}
+        if not isinstance(sections, Mapping):
+            return {}
+        return {
+            category: {
+                name: ["*", {}] if is_upload_input(spec) else spec
+                for name, spec in section.items()
+            }
+            if isinstance(section, Mapping)
+            else {}
+            for category, section in sections.items()
+            if category != "hidden"
+        }
 
     def return_types(self, class_type: str) -> Sequence[Any]:
         output = self._info[class_type].get("output")
