@@ -198,6 +198,7 @@ async def test_a_submission_whose_answer_was_lost_is_not_sent_again(
     try:
         assert await gw.wait_backends(10)
         simulator.faults.lose_prompt_answers = 1
+        client_id = next(iter(gw.pool)).client_id
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
             stub = pb_grpc.GenerationServiceStub(channel)
             job = await stub.Generate(small_image())
@@ -206,6 +207,7 @@ async def test_a_submission_whose_answer_was_lost_is_not_sent_again(
         await gw.stop(grace=0)
     assert simulator.faults.lose_prompt_answers == 0
     assert simulator.submitted_prompt_ids == [job.job_id]
+    assert simulator.submitted_client_ids == [client_id]
 
 
 async def test_a_graph_comfyui_only_partly_accepts_is_withdrawn(

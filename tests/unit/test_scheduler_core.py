@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import pytest
 from comfyui_grpc.backends.inventory import Inventory, Needs, needs_of
 from comfyui_grpc.scheduler import Phase, Scheduler
 from comfyui_grpc.scheduler import actions as act
+from comfyui_grpc.scheduler.line import WaitingLine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -291,6 +293,8 @@ class Harness:
         core = self.core
         order = [core.position(j) for j in core.line.order()]
         assert order == list(range(1, len(order) + 1))
+        core.reposition()
+        assert [core.position(j) for j in core.line.order()] == order
         limit = 1 + core.prefetch
         for slot in core.backends.values():
             assert slot.load <= limit
@@ -441,3 +445,32 @@ def test_a_job_whose_end_went_unheard_stays_to_be_reconciled() -> None:
     assert core.backends["a"].load == 1
     core.prompt_missing("before-restart")
     assert core.take_actions() == [act.Lost("before-restart", "a", True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["add", "high", "back", "take"]), st.integers(0, 3)),
+        max_size=60,
+    )
+)
+def test_the_line_hands_jobs_out_in_the_order_it_reports(
+    steps: list[tuple[str, int]],
+) -> None:
+    line = WaitingLine()
+    taken: list[tuple[str, str]] = []
+    for n, (step, caller) in enumerate(steps):
+        name = f"c{caller}"
+        if step == "take":
+            job = line.take(lambda _: True)
+            if job is not None:
+                taken.append((job, name))
+        elif step == "back" and taken:
+            job, owner = taken.pop()
+            line.put_back(job, owner)
+        else:
+            line.add(f"j{n}", name, high=step == "high")
+    expected = list(line.order())
+    assert [line.position(j) for j in expected] == list(range(1, len(expected) + 1))
+    copy = deepcopy(line)
+    assert [copy.take(lambda _: True) for _ in expected] == expected

@@ -115,7 +115,8 @@ class JobService:
     async def start(self) -> None:
         """Open the job store, take back unfinished jobs, start reconciling."""
         await self.job_store.open()
-        for job in await self.job_store.unfinished():
+        # In the order they were submitted: the line is rebuilt as it was.
+        for job in sorted(await self.job_store.unfinished(), key=lambda j: j.create_time):
             self._adopt(job)
         self.fleet.run_actions()
         self.tracker.start()

@@ -113,8 +113,7 @@ class Scheduler:
     def position(self, job_id: str) -> int:
         """1-based place in the line; 0 when the job is not waiting in it."""
         if self._positions_dirty:
-            self._positions = {j: i for i, j in enumerate(self.line.order(), start=1)}
-            self._positions_dirty = False
+            return self.line.position(job_id)
         return self._positions.get(job_id, 0)
 
     def place(self, job_id: str) -> int:
@@ -518,7 +517,8 @@ class Scheduler:
         """Positions that changed enough to report since the last call."""
         if not self._positions_dirty:
             return None
-        self.position("")
+        self._positions = {j: i for i, j in enumerate(self.line.order(), start=1)}
+        self._positions_dirty = False
         changes: list[tuple[str, int]] = []
         reported = self._reported
         for job_id in [j for j in reported if j not in self._positions]:

@@ -130,6 +130,30 @@ class WaitingLine:
                     return job_id
         return None
 
+    def position(self, job_id: str) -> int:
+        """1-based place in :meth:`order`, 0 when not waiting; O(callers), not O(jobs).
+
+        A caller's jobs take turns numbered from its next turn; a job goes
+        after every job of another caller with an earlier turn, or the same
+        turn and an earlier join.
+        """
+        caller = self._caller_of.get(job_id)
+        if caller is None:
+            return 0
+        queue = self._callers[caller]
+        if queue.normal and queue.normal[-1] == job_id:
+            index = len(queue) - 1  # a new job at the back: the common case
+        else:
+            index = next(i for i, j in enumerate(queue) if j == job_id)
+        turn = self._next_turn[caller] + index
+        joined = self._joined[caller]
+        ahead = index
+        for other, jobs in self._callers.items():
+            if other != caller:
+                before = turn - self._next_turn[other] + (self._joined[other] < joined)
+                ahead += max(0, min(len(jobs), before))
+        return ahead + 1
+
     def order(self) -> Iterator[str]:
         """Every waiting job in the order the line would hand them out."""
         heap = [
