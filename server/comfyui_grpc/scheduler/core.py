@@ -105,6 +105,11 @@ class Scheduler:
 
     # -- reading -------------------------------------------------------------
 
+    @property
+    def positions_stale(self) -> bool:
+        """The line changed since positions were last reported (:meth:`reposition`)."""
+        return self._positions_dirty
+
     def take_actions(self) -> list[act.Action]:
         """The decisions made since the last call, in order."""
         actions, self._actions = self._actions, []
@@ -280,13 +285,17 @@ class Scheduler:
             for slot in self.backends.values():
                 self._fit_cache.pop((job_id, slot.url), None)
 
-    def withdrawn(self, job_id: str) -> None:
-        """ComfyUI holds the prompt no more and never ran it."""
+    def withdrawn(self, job_id: str, *, owed: bool = False) -> None:
+        """ComfyUI holds the prompt no more and never ran it; or, ``owed``, it
+        could not be asked (unreachable) and is told to drop it when it is back."""
         ticket = self.tickets.get(job_id)
         if ticket is None or ticket.phase is not Phase.WITHDRAWING:
             return
         self._reclaim_over(ticket)
-        self._slot(ticket.backend).pending.pop(job_id, None)
+        slot = self._slot(ticket.backend)
+        slot.pending.pop(job_id, None)
+        if owed:
+            slot.owed.add(job_id)
         if ticket.cancel_requested:
             self._release(ticket)
             self._emit(act.Cancelled(job_id))

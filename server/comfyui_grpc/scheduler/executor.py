@@ -67,7 +67,7 @@ class Fleet:
     def run_actions(self) -> None:
         for action in self.core.take_actions():
             self._run(action)
-        if self.core._positions_dirty and not self._positions_scheduled:
+        if self.core.positions_stale and not self._positions_scheduled:
             # Positions are recomputed once per loop turn, not once per event.
             self._positions_scheduled = True
             try:
@@ -255,8 +255,7 @@ class Fleet:
             if ticket is not None and ticket.cancel_requested and not backend.healthy:
                 # Cancel of a prompt on an unreachable backend answers at once;
                 # that ComfyUI drops it when it is back.
-                self.core.backends[backend.url].owed.add(job_id)
-                self.tell(self.core.withdrawn, job_id)
+                self.tell(self.core.withdrawn, job_id, owed=True)
                 return
             log.info("could not take prompt %s back from %s: %s", job_id, backend.url, exc)
             self.tell(self.core.withdraw_failed, job_id)
