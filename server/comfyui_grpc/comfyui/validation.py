@@ -80,8 +80,7 @@ class ObjectInfoSchemas:
             return {}
         return {
             category: {
-                name: ["*", {}] if is_upload_input(spec) else spec
-                for name, spec in section.items()
+                name: ["*", {}] if is_upload_input(spec) else spec for name, spec in section.items()
             }
             if isinstance(section, Mapping)
             else {}

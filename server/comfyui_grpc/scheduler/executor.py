@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..backends import Backend, BackendPool
 from ..comfyui.errors import ComfyUIUnavailable, ComfyUIValidationError
@@ -27,13 +27,25 @@ from ..tasks import TaskSet, within
 from . import actions as act
 from .core import Phase, Scheduler
 
-if TYPE_CHECKING:
-    from ..jobs.tracker import JobTracker
-
 log = logging.getLogger(__name__)
 
 CANCEL_RESEND_SECONDS = 1.0
 PROBE_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Follower(Protocol):
+    """What the executor needs of the part that follows jobs on ComfyUI
+    (:class:`~comfyui_grpc.jobs.tracker.JobTracker`)."""
+
+    def finish_cancelled(self, job: Job) -> None: ...
+
+    def finish_failed(self, job: Job, failure: JobFailure) -> None: ...
+
+    def fail_lost(self, job: Job, message: str) -> None: ...
+
+    async def apply_history(self, job: Job, backend: Backend, entry: dict[str, object]) -> None: ...
+
+    async def reconcile(self, backend: Backend) -> None: ...
 
 
 class Fleet:
@@ -51,7 +63,7 @@ class Fleet:
         self.registry = registry
         self.job_store = job_store
         self.tasks = tasks
-        self.tracker: JobTracker | None = None
+        self.tracker: Follower | None = None
         self.last_interrupt: dict[str, float] = {}
         """Backend URL -> when the gateway last sent it an interrupt."""
         self._positions_scheduled = False
