@@ -76,6 +76,7 @@ class JobTracker:
         # per-job work a graceful shutdown waits for.
         self.background = TaskSet("job tracker")
         self.backend_lost_after_seconds = 15.0
+        self._inventory_errors: dict[str, str] = {}
         self.on_give_up: CrashHandler | None = None
         """Told when the reconcile loop keeps crashing and is given up on (liveness)."""
 
@@ -283,10 +284,17 @@ class JobTracker:
         try:
             inventory = Inventory.from_object_info(await backend.client.object_info())
         except ComfyUIUnavailable as exc:
-            log.warning(
-                "could not read /object_info from %s: %s", backend.url, exc,
-                extra={"backend": backend.url},
-            )  # fmt: skip
+            # Once per cause, not at every retry.
+            if self._inventory_errors.get(backend.url) != str(exc):
+                self._inventory_errors[backend.url] = str(exc)
+                log.warning(
+                    "could not read /object_info from %s (no jobs go there until it answers): %s",
+                    backend.url,
+                    exc,
+                    extra={"backend": backend.url},
+                )
+        else:
+            self._inventory_errors.pop(backend.url, None)
         if backend.healthy and self.pool.get(backend.url) is backend:
             backend.inventory = inventory or backend.inventory
             self.fleet.tell(self.core.backend_up, backend.url, inventory)
@@ -345,7 +353,9 @@ class JobTracker:
             for backend in self.pool:
                 if not backend.healthy:
                     continue
-                if intervals % refresh_every == 0:
+                # A backend whose inventory could not be read gets no jobs:
+                # read it again at every interval until it answers.
+                if backend.inventory is None or intervals % refresh_every == 0:
                     await self.refresh_inventory(backend)
                 if not self._settled(backend):
                     continue
