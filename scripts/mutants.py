@@ -188,6 +188,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{CORE}::test_an_idle_backend_takes_back_a_prompt_waiting_behind_a_long_job",),
     ),
     Mutant(
+        "stale-outcome-applied",
+        f"{SERVER}/scheduler/core.py",
+        "        if attempt is not None and attempt != latest:\n            return None\n",
+        "",
+        (f"{CORE}::test_an_outcome_about_an_earlier_hand_over_changes_nothing",),
+    ),
+    Mutant(
         "unheard-end-released",
         f"{SERVER}/scheduler/core.py",
         "            slot.unheard.add(slot.running)\n",

@@ -143,7 +143,7 @@ def test_cancel_deletes_only_the_jobs_own_waiting_prompt() -> None:
     core.started("j0")
     core.take_actions()
     core.cancel("j2")
-    assert core.take_actions() == [act.Withdraw("j2", "a")]
+    assert core.take_actions() == [act.Withdraw("j2", "a", 1)]
     core.withdrawn("j2")
     assert core.take_actions() == [act.Cancelled("j2")]
     core.cancel("j0")
@@ -157,7 +157,7 @@ def test_cancel_during_submission_withdraws_once_it_landed() -> None:
     core.cancel("j")
     assert core.take_actions() == []
     core.submitted("j")
-    assert core.take_actions() == [act.Withdraw("j", "a")]
+    assert core.take_actions() == [act.Withdraw("j", "a", 1)]
 
 
 def test_a_lost_backends_waiting_prompts_go_to_the_front_of_the_line() -> None:
@@ -204,7 +204,7 @@ def test_an_idle_backend_takes_back_a_prompt_waiting_behind_a_long_job() -> None
     core.started("j1")
     core.finished("j1")  # b is idle, nothing in the line, j2 waits behind j0 on a
     actions = core.take_actions()
-    assert act.Withdraw("j2", "a") in actions
+    assert act.Withdraw("j2", "a", 1) in actions
     core.withdrawn("j2")
     assert submits(core.take_actions()) == [("j2", "b")]
 
@@ -256,8 +256,10 @@ class Harness:
         self.sends: Counter[str] = Counter()
         self.requeues: Counter[str] = Counter()
         self.ended: set[str] = set()
-        self.in_flight: dict[str, str] = {}  # job -> backend, Submit not yet answered
-        self.withdrawals: dict[str, str] = {}
+        # Submissions and withdrawals not yet answered (job, backend, attempt):
+        # an old one may still be answered after the job was handed out again.
+        self.in_flight: list[tuple[str, str, int]] = []
+        self.withdrawals: list[tuple[str, str, int]] = []
         self.jobs: list[str] = []
         self.last_phase: dict[str, Phase] = {}
 
@@ -269,16 +271,16 @@ class Harness:
     def _run(self, actions: list[act.Action]) -> None:
         for action in actions:
             match action:
-                case act.Submit(job_id, backend):
+                case act.Submit(job_id, backend, attempt):
                     assert job_id not in self.ended, "a finished job was submitted"
                     assert self.sends[job_id] <= self.requeues[job_id], "submitted twice"
                     self.sends[job_id] += 1
-                    self.in_flight[job_id] = backend
-                case act.Withdraw(job_id, backend) | act.Interrupt(job_id, backend):
-                    ticket = self.core.tickets[job_id]
-                    assert ticket.backend == backend, "names a prompt the job does not own"
-                    if isinstance(action, act.Withdraw):
-                        self.withdrawals[job_id] = backend
+                    self.in_flight.append((job_id, backend, attempt))
+                case act.Withdraw(job_id, backend, attempt):
+                    assert self.core.tickets[job_id].backend == backend, "not the job's prompt"
+                    self.withdrawals.append((job_id, backend, attempt))
+                case act.Interrupt(job_id, backend):
+                    assert self.core.tickets[job_id].backend == backend, "not the job's prompt"
                 case act.Requeued(job_id, _):
                     self.requeues[job_id] += 1
                 case act.Cancelled(job_id) | act.Lost(job_id, _):
@@ -320,14 +322,14 @@ class Harness:
     def answer_submit(self, index: int, ok: bool) -> None:
         if not self.in_flight:
             return
-        job_id = sorted(self.in_flight)[index % len(self.in_flight)]
-        backend = self.in_flight.pop(job_id)
+        job_id, backend, attempt = self.in_flight.pop(index % len(self.in_flight))
         if ok and backend in self.alive:
             self.comfy[backend].pending.append(job_id)
-            self.core.submitted(job_id)
+            self.core.submitted(job_id, attempt)
         else:
-            self.core.submit_failed(job_id, refused=False)
-            self.core.backend_up(backend) if backend in self.alive else None
+            self.core.submit_failed(job_id, attempt, refused=False)
+            if backend in self.alive:
+                self.core.backend_up(backend)
 
     def comfy_step(self, index: int) -> None:
         """One backend's ComfyUI starts its next prompt or finishes the running one."""
@@ -346,14 +348,13 @@ class Harness:
     def answer_withdraw(self, index: int) -> None:
         if not self.withdrawals:
             return
-        job_id = sorted(self.withdrawals)[index % len(self.withdrawals)]
-        backend = self.withdrawals.pop(job_id)
+        job_id, backend, attempt = self.withdrawals.pop(index % len(self.withdrawals))
         comfy = self.comfy[backend]
         if job_id in comfy.pending:
             comfy.pending.remove(job_id)
-            self.core.withdrawn(job_id)
+            self.core.withdrawn(job_id, attempt)
         else:
-            self.core.withdraw_failed(job_id)
+            self.core.withdraw_failed(job_id, attempt)
 
     def cancel(self, index: int) -> None:
         if self.jobs:
@@ -366,13 +367,12 @@ class Harness:
             self.comfy[url] = Comfy()  # a restart forgets everything
             self.core.backend_down(url)
             self.core.backend_lost(url)
-            for job_id, backend in list(self.in_flight.items()):
-                if backend == url:
-                    del self.in_flight[job_id]
-                    self.core.submit_failed(job_id, refused=False)
-            for job_id, backend in list(self.withdrawals.items()):
-                if backend == url:
-                    del self.withdrawals[job_id]
+            for entry in [e for e in self.in_flight if e[1] == url]:
+                self.in_flight.remove(entry)
+                self.core.submit_failed(entry[0], entry[2], refused=False)
+            for entry in [e for e in self.withdrawals if e[1] == url]:
+                self.withdrawals.remove(entry)
+                self.core.withdraw_failed(entry[0], entry[2])
 
     def revive(self, index: int) -> None:
         url = sorted(self.comfy)[index % len(self.comfy)]
@@ -393,7 +393,7 @@ EVENTS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     backends=st.integers(1, 3),
     prefetch=st.integers(0, 2),
@@ -474,3 +474,17 @@ def test_the_line_hands_jobs_out_in_the_order_it_reports(
     assert [line.position(j) for j in expected] == list(range(1, len(expected) + 1))
     copy = deepcopy(line)
     assert [copy.take(lambda _: True) for _ in expected] == expected
+
+
+def test_an_outcome_about_an_earlier_hand_over_changes_nothing() -> None:
+    core = fleet("a", "b", prefetch=0)
+    core.submit("j", caller="c", needs=SD)
+    assert core.take_actions() == [act.Submit("j", "a", 1)]
+    core.backend_down("a")
+    core.backend_lost("a")  # handed out again, to b, while a's answer is still due
+    assert act.Submit("j", "b", 2) in core.take_actions()
+    core.submit_failed("j", 1, refused=False)  # a's late answer
+    assert core.backends["b"].up
+    assert core.tickets["j"].phase is Phase.SUBMITTING
+    core.submitted("j", 2)
+    assert core.tickets["j"].phase is Phase.PENDING

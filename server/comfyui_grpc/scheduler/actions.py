@@ -15,6 +15,8 @@ class Submit:
 
     job_id: str
     backend: str
+    attempt: int = 0
+    """Which hand-over this is: its outcome is reported with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,8 @@ class Withdraw:
 
     job_id: str
     backend: str
+    attempt: int = 0
+    """Which withdrawal this is: its outcome is reported with it."""
 
 
 @dataclass(frozen=True, slots=True)

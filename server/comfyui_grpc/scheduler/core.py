@@ -61,6 +61,9 @@ class Ticket:
     phase: Phase = Phase.WAITING
     backend: str = ""
     submissions: int = 0
+    """Times handed to a backend; each outcome names the one it answers."""
+    withdrawals: int = 0
+    """Times a withdrawal was asked; likewise."""
     cancel_requested: bool = False
     reclaim_for: str = ""
     """The idle backend a withdrawal is for (empty: a cancel's withdrawal)."""
@@ -201,8 +204,7 @@ class Scheduler:
                 self._release(ticket)
                 self._emit(act.Cancelled(job_id))
             case Phase.PENDING:
-                ticket.phase = Phase.WITHDRAWING
-                self._emit(act.Withdraw(job_id, ticket.backend))
+                self._withdraw(ticket)
             case Phase.RUNNING:
                 self._emit(act.Interrupt(job_id, ticket.backend))
             case Phase.WITHDRAWING:
@@ -211,24 +213,38 @@ class Scheduler:
                 pass  # decided when the submission's outcome is known
         self._dispatch()
 
-    def submitted(self, job_id: str) -> None:
-        """ComfyUI accepted the prompt (or may have: its answer was lost)."""
+    def _current(self, job_id: str, phase: Phase, attempt: int | None) -> Ticket | None:
+        """The ticket an outcome is about, or None when the outcome is stale.
+
+        An outcome names the hand-over (``attempt``) it answers: one that
+        arrives after the job was handed out again is about an older one.
+        None means the latest.
+        """
         ticket = self.tickets.get(job_id)
-        if ticket is None or ticket.phase is not Phase.SUBMITTING:
+        if ticket is None or ticket.phase is not phase:
+            return None
+        latest = ticket.submissions if phase is Phase.SUBMITTING else ticket.withdrawals
+        if attempt is not None and attempt != latest:
+            return None
+        return ticket
+
+    def submitted(self, job_id: str, attempt: int | None = None) -> None:
+        """ComfyUI accepted the prompt (or may have: its answer was lost)."""
+        ticket = self._current(job_id, Phase.SUBMITTING, attempt)
+        if ticket is None:
             return
         ticket.phase = Phase.PENDING
         if ticket.cancel_requested:
-            ticket.phase = Phase.WITHDRAWING
-            self._emit(act.Withdraw(job_id, ticket.backend))
+            self._withdraw(ticket)
 
-    def submit_failed(self, job_id: str, *, refused: bool) -> None:
+    def submit_failed(self, job_id: str, attempt: int | None = None, *, refused: bool) -> None:
         """The prompt did not land: ``refused`` by validation (final), or not sent.
 
         A job that was not sent goes back to the front of the line and its
         backend is taken as down until it is reported up again.
         """
-        ticket = self.tickets.get(job_id)
-        if ticket is None or ticket.phase is not Phase.SUBMITTING:
+        ticket = self._current(job_id, Phase.SUBMITTING, attempt)
+        if ticket is None:
             return
         slot = self.backends.get(ticket.backend)
         if slot is not None:
@@ -285,11 +301,11 @@ class Scheduler:
             for slot in self.backends.values():
                 self._fit_cache.pop((job_id, slot.url), None)
 
-    def withdrawn(self, job_id: str, *, owed: bool = False) -> None:
+    def withdrawn(self, job_id: str, attempt: int | None = None, *, owed: bool = False) -> None:
         """ComfyUI holds the prompt no more and never ran it; or, ``owed``, it
         could not be asked (unreachable) and is told to drop it when it is back."""
-        ticket = self.tickets.get(job_id)
-        if ticket is None or ticket.phase is not Phase.WITHDRAWING:
+        ticket = self._current(job_id, Phase.WITHDRAWING, attempt)
+        if ticket is None:
             return
         self._reclaim_over(ticket)
         slot = self._slot(ticket.backend)
@@ -303,10 +319,10 @@ class Scheduler:
             self._back_to_line(ticket)
         self._dispatch()
 
-    def withdraw_failed(self, job_id: str) -> None:
+    def withdraw_failed(self, job_id: str, attempt: int | None = None) -> None:
         """The withdrawal could not be confirmed: the prompt stays where it is."""
-        ticket = self.tickets.get(job_id)
-        if ticket is None or ticket.phase is not Phase.WITHDRAWING:
+        ticket = self._current(job_id, Phase.WITHDRAWING, attempt)
+        if ticket is None:
             return
         self._reclaim_over(ticket)
         ticket.phase = Phase.PENDING
@@ -490,7 +506,12 @@ class Scheduler:
         ticket.backend = slot.url
         ticket.submissions += 1
         slot.pending[ticket.job_id] = None
-        self._emit(act.Submit(ticket.job_id, slot.url))
+        self._emit(act.Submit(ticket.job_id, slot.url, ticket.submissions))
+
+    def _withdraw(self, ticket: Ticket) -> None:
+        ticket.phase = Phase.WITHDRAWING
+        ticket.withdrawals += 1
+        self._emit(act.Withdraw(ticket.job_id, ticket.backend, ticket.withdrawals))
 
     def _reclaim(self) -> None:
         """Give an idle backend a prompt that waits behind another one's running job."""
@@ -514,10 +535,9 @@ class Scheduler:
                 )
                 if candidate is not None:
                     ticket = self.tickets[candidate]
-                    ticket.phase = Phase.WITHDRAWING
                     ticket.reclaim_for = idle.url
                     idle.reclaiming = True
-                    self._emit(act.Withdraw(candidate, busy.url))
+                    self._withdraw(ticket)
                     break
 
     # -- positions ---------------------------------------------------------------

@@ -97,17 +97,17 @@ class Fleet:
         tracker = self.tracker
         assert tracker is not None
         match action:
-            case act.Submit(job_id, backend_url):
+            case act.Submit(job_id, backend_url, attempt):
                 job = self.registry.get(job_id)
                 backend = self.pool.get(backend_url)
                 if job is None or backend is None or job.terminal:
-                    self.core.submit_failed(job_id, refused=True)
+                    self.core.submit_failed(job_id, attempt, refused=True)
                     self.run_actions()
                     return
-                self.tasks.spawn(self._submit(job, backend), f"submit {job_id}")
-            case act.Withdraw(job_id, backend_url):
+                self.tasks.spawn(self._submit(job, backend, attempt), f"submit {job_id}")
+            case act.Withdraw(job_id, backend_url, attempt):
                 backend = self.pool.get(backend_url)
-                self.tasks.spawn(self._withdraw(job_id, backend), f"withdraw {job_id}")
+                self.tasks.spawn(self._withdraw(job_id, backend, attempt), f"withdraw {job_id}")
             case act.Interrupt(job_id, backend_url):
                 job = self.registry.get(job_id)
                 backend = self.pool.get(backend_url)
@@ -148,7 +148,7 @@ class Fleet:
 
     # -- submission -------------------------------------------------------------
 
-    async def _submit(self, job: Job, backend: Backend) -> None:
+    async def _submit(self, job: Job, backend: Backend, attempt: int) -> None:
         """Hand ``job`` to ``backend``: recorded first, then POST /prompt."""
         job.backend = backend.url
         job.attempts += 1
@@ -166,7 +166,7 @@ class Fleet:
             if not exc.error:
                 # A 200 with node_errors: ComfyUI queued what validated; take it back.
                 await self._take_back(backend, job.job_id)
-            self.tell(self.core.submit_failed, job.job_id, refused=True)
+            self.tell(self.core.submit_failed, job.job_id, attempt, refused=True)
             error = violations_from_comfyui(exc, job.spec.source_field, job.spec.field_map)
             assert self.tracker is not None
             self.tracker.finish_failed(
@@ -181,17 +181,17 @@ class Fleet:
             if exc.maybe_sent and await self._landed(backend, job):
                 # The answer was lost, not the prompt: ComfyUI has it.
                 backend.socket.expect_traffic()
-                self.tell(self.core.submitted, job.job_id)
+                self.tell(self.core.submitted, job.job_id, attempt)
                 return
             log.warning("submit to %s failed: %s", backend.url, exc, extra=job.log_context)
             job.backend = ""
-            self.tell(self.core.submit_failed, job.job_id, refused=False)
+            self.tell(self.core.submit_failed, job.job_id, attempt, refused=False)
             self._probe_later(backend)
             return
         job.queue_number = result.number
         log.info("submitted to ComfyUI", extra=job.log_context)
         backend.socket.expect_traffic()
-        self.tell(self.core.submitted, job.job_id)
+        self.tell(self.core.submitted, job.job_id, attempt)
         if job.state is JobState.QUEUED and self.core.tickets[job.job_id].phase is Phase.PENDING:
             job.queued(self.core.place(job.job_id), backend.url)
 
@@ -244,10 +244,10 @@ class Fleet:
 
     # -- taking prompts back ------------------------------------------------------
 
-    async def _withdraw(self, job_id: str, backend: Backend | None) -> None:
+    async def _withdraw(self, job_id: str, backend: Backend | None, attempt: int) -> None:
         """Delete a waiting prompt, then learn from ComfyUI where it really is."""
         if backend is None:
-            self.tell(self.core.withdrawn, job_id)
+            self.tell(self.core.withdrawn, job_id, attempt)
             return
         try:
             await backend.client.delete_pending([job_id])
@@ -259,7 +259,7 @@ class Fleet:
                     job.started()
                 return
             if job_id in queue.pending:
-                self.tell(self.core.withdraw_failed, job_id)
+                self.tell(self.core.withdraw_failed, job_id, attempt)
                 return
             entry = await backend.client.history(job_id)
         except ComfyUIUnavailable as exc:
@@ -267,13 +267,13 @@ class Fleet:
             if ticket is not None and ticket.cancel_requested and not backend.healthy:
                 # Cancel of a prompt on an unreachable backend answers at once;
                 # that ComfyUI drops it when it is back.
-                self.tell(self.core.withdrawn, job_id, owed=True)
+                self.tell(self.core.withdrawn, job_id, attempt, owed=True)
                 return
             log.info("could not take prompt %s back from %s: %s", job_id, backend.url, exc)
-            self.tell(self.core.withdraw_failed, job_id)
+            self.tell(self.core.withdraw_failed, job_id, attempt)
             return
         if entry is None:
-            self.tell(self.core.withdrawn, job_id)
+            self.tell(self.core.withdrawn, job_id, attempt)
             return
         # It ran (and ended) before the delete arrived: collect it as usual.
         self.tell(self.core.started, job_id)
