@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -168,3 +169,64 @@ async def test_list_models_names_the_backends(templated: Gateway, simulator: Sim
     assert motion == list(simulator.motion_modules)
     only = await call(templated, "ListModels", {"folder": "loras"})
     assert [f["name"] for f in only["folders"]] == ["loras"]
+
+
+SLOW = """
+name: slow
+version: {version}
+parameters:
+  steps: {{type: int, default: 2, min: 1, max: 100, bind: ["2.inputs.steps"]}}
+outputs: ["3"]
+workflow:
+  "1": {{class_type: EmptyImage, inputs: {{width: {width}, height: 64, batch_size: 1, color: 0}}}}
+  "2": {{class_type: TestSlowProgress, inputs: {{image: ["1", 0], steps: 2, seconds_per_step: 0.05}}}}
+  "3": {{class_type: SaveImage, inputs: {{images: ["2", 0], filename_prefix: slow}}}}
+"""
+
+
+async def until(gateway: Gateway, condition: Any) -> None:
+    """Wait (bounded) for the gateway's watcher to read the directory until ``condition``."""
+    library = gateway.templates
+    async with asyncio.timeout(10):
+        while not condition():
+            await library.reloaded_past(library.reloads)
+
+
+def write(path: Path, text: str) -> None:
+    """Replace a file at once (as a ConfigMap update does), never half-written."""
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+async def test_an_edit_serves_new_jobs_and_running_ones_keep_their_version(
+    templated: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = Path(templated.settings.templates_dir) / "slow.yaml"
+    write(path, SLOW.format(version=1, width=64))
+    await until(templated, lambda: "slow" in {t.name for t in templated.templates.all()})
+    first = await call(
+        templated, "Generate", {"template": {"name": "slow", "params": {"steps": 30}}}
+    )
+    write(path, SLOW.format(version=2, width=32))
+    await until(templated, lambda: templated.templates.get("slow").version == 2)
+    second = await run(templated, "slow", {"steps": 1})
+    assert second["template_version"] == 2
+    done = await call(templated, "GetResult", {"job_id": first["job_id"], "wait_timeout": "60s"})
+    old = done["job"]
+    assert old["state"] == "JOB_STATE_SUCCEEDED"
+    assert old["template_version"] == 1
+    old_png = await templated.store.get_bytes(old["artifacts"][0]["key"])
+    new_png = await templated.store.get_bytes(second["artifacts"][0]["key"])
+    assert Image.open(io.BytesIO(old_png)).size == (64, 64)  # the graph of version 1
+    assert Image.open(io.BytesIO(new_png)).size == (32, 64)
+
+    # A broken edit: version 2 keeps serving, and the log says why.
+    reloads = templated.templates.reloads
+    write(path, "name: slow\nversion: 3\nworkflow: {nodes: [], links: []}\n")
+    await until(templated, lambda: templated.templates.reloads > reloads)
+    assert templated.templates.get("slow").version == 2
+    assert any(
+        "still serving slow version 2" in r.getMessage() and "Export (API)" in r.getMessage()
+        for r in caplog.records
+    )

@@ -40,6 +40,8 @@ class TemplateLibrary:
         self._index: dict[str, dict[int, Template]] = {}
         self._signature: Signature = ()
         self.reloads = 0
+        """How many times the directory was read (tests and operators wait on it)."""
+        self._reloaded: asyncio.Event | None = None
         self._rebuild()
 
     # -- reading ---------------------------------------------------------------
@@ -66,8 +68,23 @@ class TemplateLibrary:
 
     def reload(self) -> None:
         """Read the directory again; log and skip (or keep the old version of) broken files."""
+        try:
+            self._reload()
+        finally:
+            self.reloads += 1
+            if self._reloaded is not None:
+                self._reloaded.set()
+                self._reloaded = None
+
+    async def reloaded_past(self, count: int) -> None:
+        """Return once the directory has been read more than ``count`` times."""
+        while self.reloads <= count:
+            if self._reloaded is None:
+                self._reloaded = asyncio.Event()
+            await self._reloaded.wait()
+
+    def _reload(self) -> None:
         self._signature = self.signature()
-        self.reloads += 1
         if self.directory is None:
             return
         try:
