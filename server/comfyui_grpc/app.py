@@ -36,6 +36,7 @@ from .state import open_job_store
 from .storage import ArtifactStore, make_store
 from .tasks import TaskSet
 from .v1 import generation_service_pb2, generation_service_pb2_grpc
+from .workflows.template_library import TemplateLibrary
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Gateway:
         )
         self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds
         self.service.tracker.collector.max_output_bytes = settings.max_output_bytes
+        self.templates = TemplateLibrary(settings.templates_dir)
         self.discovery: Discovery | None = None
         if settings.comfyui_dns_discovery:
             self.discovery = Discovery(
@@ -227,6 +229,10 @@ class Gateway:
             for url in self.settings.comfyui_urls:
                 self._add_backend(url)
         await self.service.start()
+        if self.settings.templates_dir:
+            self.templates.reload()
+            interval = self.settings.templates_reload_seconds
+            self._tasks.spawn_supervised(lambda: self.templates.watch(interval), "template reloads")
 
         checks = {
             f"/{SERVICE_NAME}/Generate": generate_request_check(
@@ -249,6 +255,7 @@ class Gateway:
                 max_workflow_nodes=self.settings.max_workflow_nodes,
                 max_workflow_bytes=self.settings.max_workflow_bytes,
                 token_names=tokens,
+                templates=self.templates,
             ),
             server,
         )

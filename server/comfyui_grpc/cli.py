@@ -50,13 +50,17 @@ def _signals() -> Iterator[asyncio.Event]:
 async def _serve(settings: Settings) -> None:
     with _signals() as stop:
         gateway = Gateway(settings)
+        loop = asyncio.get_running_loop()
         try:
             await gateway.start()
+            # SIGHUP re-reads the templates directory (as a change to its files does).
+            loop.add_signal_handler(signal.SIGHUP, gateway.templates.reload)
             await check_at_start(list(gateway.pool), timeout=START_CHECK_SECONDS)
             heap.settle_after_start()
             await stop.wait()
             log.info("shutting down (grace %.0f s)", settings.shutdown_grace_seconds)
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await gateway.stop()
 
 

@@ -60,6 +60,10 @@ class Settings:
     """CA bundle for client certificates; set it to require mutual TLS."""
     state_path: str = ""
     """SQLite file for durable job records; empty keeps jobs in memory only."""
+    templates_dir: str = ""
+    """Directory of workflow template files (YAML/JSON), re-read on change and SIGHUP."""
+    templates_reload_seconds: float = 2.0
+    """How often the templates directory is checked for changed files."""
     max_queued_jobs: int = 1000
     """Generate answers RESOURCE_EXHAUSTED beyond this many waiting jobs."""
     max_queued_jobs_per_caller: int = 0
@@ -293,6 +297,21 @@ OPTIONS: tuple[Option, ...] = (
         "state_path",
         str,
         "SQLite file for durable job records (default: in memory only)",
+    ),
+    Option(
+        "--templates-dir",
+        "COMFYUI_GRPC_TEMPLATES_DIR",
+        "templates_dir",
+        str,
+        "directory of workflow templates (*.yaml, *.yml, *.json), re-read when files change "
+        "and on SIGHUP (default: built-in templates only)",
+    ),
+    Option(
+        "--templates-reload-interval",
+        "COMFYUI_GRPC_TEMPLATES_RELOAD_SECONDS",
+        "templates_reload_seconds",
+        float,
+        "seconds between checks of the templates directory for changes (default 2)",
     ),
     Option(
         "--max-queued-jobs",

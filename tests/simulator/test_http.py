@@ -86,8 +86,27 @@ async def test_cross_origin_request_to_loopback_is_refused(
 
 async def test_models_and_object_info(simulator: Simulator, client: SimClient) -> None:
     assert await client.get_json("/models/animatediff_models") == ["mm_sd_v15_v2.ckpt"]
-    assert await client.get_json("/models/loras") == []
+    assert await client.get_json("/models/loras") == sorted(simulator.loras)
+    assert await client.get_json("/models/vae") == []
     info = await client.get_json("/object_info")
+    # The nodes the example templates use, as real ComfyUI describes them.
+    lora = info["LoraLoader"]["input"]["required"]
+    assert lora["lora_name"][0] == sorted(simulator.loras)
+    assert lora["strength_model"] == [
+        "FLOAT",
+        {
+            "default": 1.0,
+            "min": -100.0,
+            "max": 100.0,
+            "step": 0.01,
+            "tooltip": "How strongly to modify the diffusion model. This value can be negative.",
+        },
+    ]
+    assert info["LoraLoader"]["output"] == ["MODEL", "CLIP"]
+    scale = info["ImageScale"]["input"]["required"]
+    assert scale["upscale_method"][0] == ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+    assert scale["width"] == ["INT", {"default": 512, "min": 0, "max": 16384, "step": 1}]
+    assert info["VAEEncode"]["output"] == ["LATENT"]
     for name in (
         "KSampler",
         "VHS_VideoCombine",

@@ -92,6 +92,10 @@ def job(j: Job) -> job_pb2.Job:
     )
     if j.failure is not None:
         message.error.CopyFrom(failure(j.failure))
+    if j.spec.template:
+        message.template = j.spec.template
+        message.template_version = j.spec.template_version
+        message.template_params.update(dict(j.spec.template_params))
     return message
 
 

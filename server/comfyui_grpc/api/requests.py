@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,17 +16,16 @@ from ..jobs.model import JobKind
 from ..storage import workflow_sha256
 from ..v1 import generation_service_pb2 as pb
 from ..workflows import (
-    TEXT_TO_IMAGE_FIELDS,
-    VIDEO_FIELDS,
     TextToImageParams,
     VideoParams,
     parse_workflow_json,
-    text_to_image_graph,
     validate_graph,
-    video_graph,
     whole_numbers_to_int,
 )
+from ..workflows.builtin_templates import TEXT_TO_IMAGE, VIDEO
 from ..workflows.graph import MAX_WORKFLOW_BYTES, too_large, too_many_bytes
+from ..workflows.template_files import Template
+from ..workflows.template_params import PARAMS_FIELD, resolve
 from ..workflows.templates import (
     DEFAULT_IMAGE_CHECKPOINT,
     DEFAULT_MOTION_MODULE,
@@ -132,6 +133,34 @@ def _struct_graph(workflow: struct_pb2.Struct, *, max_nodes: int, max_bytes: int
     return graph
 
 
+def template_params(params: struct_pb2.Struct) -> dict[str, Any]:
+    """``TemplateRequest.params`` as plain values (whole numbers as ints)."""
+    try:
+        values: dict[str, Any] = whole_numbers_to_int(json_format.MessageToDict(params))
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"template.params holds a value JSON cannot express: {exc}",
+            [FieldViolation(PARAMS_FIELD, "numbers must be finite (no NaN or Infinity)")],
+        ) from exc
+    return values
+
+
+def _kind_of_template(template: Template) -> JobKind:
+    if template is TEXT_TO_IMAGE:
+        return JobKind.TEXT_TO_IMAGE
+    if template is VIDEO:
+        return JobKind.VIDEO
+    return JobKind.WORKFLOW
+
+
+def _typed(params: TextToImageParams | VideoParams) -> dict[str, Any]:
+    """A typed request's values, with the seed it will use when none was given."""
+    values = dataclasses.asdict(params)
+    if values["seed"] is None:
+        values["seed"] = secrets.randbelow(2**53)
+    return values
+
+
 def spec_from_request(
     request: pb.GenerateRequest,
     job_id: str,
@@ -139,21 +168,38 @@ def spec_from_request(
     max_nodes: int,
     max_bytes: int = MAX_WORKFLOW_BYTES,
     caller: str = "anonymous",
+    template: Template | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> JobSpec:
-    """Build the job's spec, raising InvalidArgument with every violation found."""
+    """Build the job's spec, raising InvalidArgument with every violation found.
+
+    For ``template``, the caller looks the template up and passes it with
+    ``params`` (image values already uploaded names).
+    """
     _check_envelope(request)
     which = request.WhichOneof("input")
     field_map: Mapping[tuple[str, str], str] = {}
     graph: dict[str, Any]
+    used: Template | None = None
+    values: dict[str, Any] = {}
     match which:
         case "text_to_image":
-            kind = JobKind.TEXT_TO_IMAGE
-            graph = text_to_image_graph(job_id, text_to_image_params(request.text_to_image))
-            field_map = TEXT_TO_IMAGE_FIELDS
+            kind, used = JobKind.TEXT_TO_IMAGE, TEXT_TO_IMAGE
+            values = _typed(text_to_image_params(request.text_to_image))
+            graph = used.build(job_id, values, "text_to_image")
+            field_map = used.field_map("text_to_image")
         case "video":
-            kind = JobKind.VIDEO
-            graph = video_graph(job_id, video_params(request.video))
-            field_map = VIDEO_FIELDS
+            kind, used = JobKind.VIDEO, VIDEO
+            values = _typed(video_params(request.video))
+            graph = used.build(job_id, values, "video")
+            field_map = used.field_map("video")
+        case "template":
+            if template is None or params is None:
+                raise ValueError("a template request needs its template and params")
+            kind, used = _kind_of_template(template), template
+            values = resolve(template.params, params)
+            graph = used.build(job_id, values)
+            field_map = used.field_map()
         case "workflow":
             kind = JobKind.WORKFLOW
             graph = _struct_graph(request.workflow, max_nodes=max_nodes, max_bytes=max_bytes)
@@ -168,11 +214,12 @@ def spec_from_request(
         case _:
             raise InvalidArgument(
                 "say what to generate: set exactly one of text_to_image, video, "
-                "workflow, workflow_json",
+                "workflow, workflow_json, template",
                 [
                     FieldViolation(
                         "input",
-                        "exactly one of text_to_image, video, workflow, workflow_json is required",
+                        "exactly one of text_to_image, video, workflow, workflow_json, "
+                        "template is required",
                     )
                 ],
             )
@@ -188,4 +235,8 @@ def spec_from_request(
         fingerprint=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
         source_field=which,
         field_map=field_map,
+        template=used.name if used else "",
+        template_version=used.version if used else 0,
+        template_params=values,
+        output_nodes=frozenset(used.outputs) if used else frozenset(),
     )

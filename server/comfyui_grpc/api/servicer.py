@@ -29,10 +29,12 @@ from ..observability.metrics import Metrics
 from ..v1 import generation_service_pb2 as pb
 from ..v1 import generation_service_pb2_grpc as pb_grpc
 from ..workflows.graph import MAX_WORKFLOW_BYTES
-from . import convert
+from ..workflows.template_library import TemplateLibrary
+from . import convert, template_views
 from .callers import caller_of
-from .requests import spec_from_request
+from .requests import spec_from_request, template_params
 from .status import internal_status, to_status
+from .template_images import resolve_images
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         max_workflow_nodes: int,
         max_workflow_bytes: int = MAX_WORKFLOW_BYTES,
         token_names: Mapping[str, str] | None = None,
+        templates: TemplateLibrary | None = None,
     ) -> None:
+        self.templates = templates or TemplateLibrary()
         self.metrics = metrics
         self.service = service
         self.uploader = uploader
@@ -162,12 +166,28 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Ctx) -> pb.GenerateResponse:
         job_id = str(uuid.uuid4())
         caller = caller_of(context.invocation_metadata(), context.auth_context(), self.token_names)
+        template = params = None
+        if request.WhichOneof("input") == "template":
+            if not request.template.name:
+                raise InvalidArgument(
+                    "template.name is required: ListTemplates shows the names",
+                    [FieldViolation("template.name", "required")],
+                )
+            template = self.templates.get(request.template.name, request.template.version)
+            params = await resolve_images(
+                template,
+                template_params(request.template.params),
+                uploader=self.uploader,
+                service=self.service,
+            )
         spec = spec_from_request(
             request,
             job_id,
             max_nodes=self.max_workflow_nodes,
             max_bytes=self.max_workflow_bytes,
             caller=caller,
+            template=template,
+            params=params,
         )
         job, existing = await self.service.submit(spec, job_id=job_id)
         return pb.GenerateResponse(
@@ -313,6 +333,40 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             async for chunk in self.service.read_artifact(found.key, chunk_size):
                 yield pb.ReadArtifactResponse(chunk=chunk, offset=offset)
                 offset += len(chunk)
+
+    @_guarded
+    async def ListTemplates(
+        self, request: pb.ListTemplatesRequest, context: Ctx
+    ) -> pb.ListTemplatesResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size must be between 1 and {MAX_PAGE_SIZE}",
+                [FieldViolation("page_size", f"between 1 and {MAX_PAGE_SIZE}")],
+            )
+        offset = _page_offset(request.page_token)
+        found = self.templates.all(all_versions=request.all_versions)
+        page = found[offset : offset + size]
+        inventories = template_views.inventories(self.service.pool)
+        return pb.ListTemplatesResponse(
+            templates=[template_views.template(t, inventories) for t in page],
+            next_page_token=_page_token(offset + size) if offset + size < len(found) else "",
+        )
+
+    @_guarded
+    async def GetTemplate(self, request: pb.GetTemplateRequest, context: Ctx) -> pb.Template:
+        if not request.name:
+            raise InvalidArgument(
+                "name the template: ListTemplates shows them", [FieldViolation("name", "required")]
+            )
+        found = self.templates.get(request.name, request.version)
+        return template_views.template(found, template_views.inventories(self.service.pool))
+
+    @_guarded
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Ctx
+    ) -> pb.ListModelsResponse:
+        return template_views.models(template_views.inventories(self.service.pool), request.folder)
 
 
 def _page_token(offset: int) -> str:

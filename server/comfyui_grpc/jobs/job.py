@@ -39,6 +39,13 @@ class JobSpec:
     """The request field the graph came from, for error paths."""
     field_map: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """(node id, input) -> request field, for typed templates' errors."""
+    template: str = ""
+    """The template it was made from ("" for a raw workflow)."""
+    template_version: int = 0
+    template_params: Mapping[str, Any] = field(default_factory=dict)
+    """Every parameter's value as used (defaults and random seeds filled in)."""
+    output_nodes: frozenset[str] = frozenset()
+    """Only these nodes' files are stored (the template's ``outputs``); empty: all."""
 
 
 class Job:
@@ -196,8 +203,9 @@ class Job:
         if current:
             self.node_finished(current)
         self.tracker.execution_done()
-        self.outputs = dict(outputs)
-        count = sum(len(files) for files in outputs.values())
+        wanted = self.spec.output_nodes
+        self.outputs = {n: f for n, f in outputs.items() if not wanted or n in wanted}
+        count = sum(len(files) for files in self.outputs.values())
         self.upload_start_time = self._clock()
         self.tracker.upload(0, count)
         self._emit(ev.Uploading(artifact_count=count), JobState.UPLOADING)

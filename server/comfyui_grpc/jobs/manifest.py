@@ -69,6 +69,13 @@ def manifest_of(job: Job, final_state: str | None = None, end_time: float | None
         request_id=job.spec.request_id,
         kind=job.spec.kind.value,
         backend=job.backend,
+        template={
+            "name": job.spec.template,
+            "version": job.spec.template_version,
+            "params": dict(job.spec.template_params),
+        }
+        if job.spec.template
+        else None,
     )
 
 
@@ -91,12 +98,16 @@ async def write_manifest_quietly(store: ArtifactStore, job: Job) -> None:
 
 def job_from_manifest(manifest: Manifest) -> Job:
     """Rebuild a finished job's view from its manifest."""
+    template = manifest.template
     spec = JobSpec(
         kind=JobKind(manifest.kind or JobKind.WORKFLOW.value),
         workflow={},
         workflow_sha256=manifest.workflow_sha256,
         request_id=manifest.request_id,
         labels=dict(manifest.labels),
+        template=str(template.get("name", "")) if template else "",
+        template_version=int(template.get("version", 0)) if template else 0,
+        template_params=dict(template.get("params", {})) if template else {},
     )
     error = manifest.error
     job = Job(manifest.job_id, spec)

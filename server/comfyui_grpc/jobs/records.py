@@ -82,6 +82,10 @@ def job_to_json(job: Job) -> str:
                 "fingerprint": spec.fingerprint,
                 "source_field": spec.source_field,
                 "field_map": [[k[0], k[1], v] for k, v in spec.field_map.items()],
+                "template": spec.template,
+                "template_version": spec.template_version,
+                "template_params": dict(spec.template_params),
+                "output_nodes": sorted(spec.output_nodes),
             },
             "state": job.state.value,
             "backend": job.backend,
@@ -117,6 +121,10 @@ def job_from_json(job_id: str, text: str, events: list[ev.Event]) -> Job:
         fingerprint=s["fingerprint"],
         source_field=s["source_field"],
         field_map={(a, b): c for a, b, c in s["field_map"]},
+        template=s.get("template", ""),
+        template_version=s.get("template_version", 0),
+        template_params=s.get("template_params", {}),
+        output_nodes=frozenset(s.get("output_nodes", ())),
     )
     job = Job(job_id, spec)
     job.restore(

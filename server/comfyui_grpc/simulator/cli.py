@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from .faults import Faults
-from .server import DEFAULT_CHECKPOINTS, DEFAULT_MOTION_MODULES, Simulator
+from .server import DEFAULT_CHECKPOINTS, DEFAULT_LORAS, DEFAULT_MOTION_MODULES, Simulator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="motion_modules",
         metavar="NAME",
         help=f"simulated motion module (repeatable; default: {DEFAULT_MOTION_MODULES[0]})",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        dest="loras",
+        metavar="NAME",
+        help=f"simulated LoRA file (repeatable; default: {', '.join(DEFAULT_LORAS)})",
     )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
@@ -155,6 +162,7 @@ def simulator_from_args(args: argparse.Namespace) -> Simulator:
         step_seconds=args.step_seconds,
         checkpoints=args.checkpoints or DEFAULT_CHECKPOINTS,
         motion_modules=args.motion_modules or DEFAULT_MOTION_MODULES,
+        loras=args.loras or DEFAULT_LORAS,
         time_scale=args.time_scale,
         input_dir=args.input_dir,
     )

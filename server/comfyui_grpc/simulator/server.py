@@ -33,6 +33,7 @@ DEFAULT_CHECKPOINTS = (
     "tiny_random_sd15.safetensors",
 )
 DEFAULT_MOTION_MODULES = ("mm_sd_v15_v2.ckpt",)
+DEFAULT_LORAS = ("detail.safetensors", "watercolor.safetensors")
 
 
 class Simulator:
@@ -46,6 +47,7 @@ class Simulator:
         checkpoints: Sequence[str] = DEFAULT_CHECKPOINTS,
         motion_modules: Sequence[str] = DEFAULT_MOTION_MODULES,
         *,
+        loras: Sequence[str] = DEFAULT_LORAS,
         time_scale: float = 1.0,
         input_dir: Path | None = None,
         temp_dir: Path | None = None,
@@ -56,6 +58,7 @@ class Simulator:
         self.folders = Folders(output_dir, input_dir, temp_dir)
         self.checkpoints = tuple(checkpoints)
         self.motion_modules = tuple(motion_modules)
+        self.loras = tuple(loras)
         self.submitted_prompt_ids: list[str] = []
         """Every prompt id POST /prompt accepted, in order (tests check exactly-once)."""
         self.submitted_client_ids: list[str] = []
@@ -93,7 +96,9 @@ class Simulator:
             self.folders.wipe_temp()
         hub = SocketHub(self._faults, queue.remaining, lambda sid: None)
         queue.on_change = hub.broadcast_status
-        catalog = NodeCatalog(ALL_NODES, self.folders, self.checkpoints, self.motion_modules)
+        catalog = NodeCatalog(
+            ALL_NODES, self.folders, self.checkpoints, self.motion_modules, self.loras
+        )
         timing = Timing(self._step_seconds, self._time_scale, lambda: self.faults.fail_node_class)
         executor = Executor(queue, hub, catalog, self.folders, timing)
         hub.reconnect_node = executor.reconnect_node

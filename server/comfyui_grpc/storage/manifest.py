@@ -73,6 +73,8 @@ class Manifest:
     request_id: str = ""
     kind: str = ""
     backend: str = ""
+    template: Mapping[str, Any] | None = None
+    """``{"name", "version", "params"}`` for a job made from a template."""
     version: int = MANIFEST_VERSION
 
 
@@ -104,6 +106,7 @@ def build_manifest(
     request_id: str = "",
     kind: str = "",
     backend: str = "",
+    template: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Serialises a manifest as indented UTF-8 JSON."""
     document = {
@@ -115,6 +118,7 @@ def build_manifest(
         "labels": dict(sorted(labels.items())),
         "workflow_sha256": workflow_sha256,
         "backend": backend,
+        "template": dict(template) if template else None,
         "create_time": _timestamp(create_time),
         "start_time": _timestamp(start_time),
         "end_time": _timestamp(end_time),
@@ -181,6 +185,19 @@ def _parse_artifact(item: Any) -> ManifestArtifact:
     )
 
 
+def _template(value: Any) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("name"), str)
+        or not isinstance(value.get("version"), int)
+        or not isinstance(value.get("params", {}), dict)
+    ):
+        raise InvalidManifest("template must be an object with name, version and params")
+    return value
+
+
 def parse_manifest(data: bytes) -> Manifest:
     """Reads a manifest written by :func:`build_manifest`; raises ``InvalidManifest``."""
     try:
@@ -211,5 +228,6 @@ def parse_manifest(data: bytes) -> Manifest:
         request_id=_get(doc, "request_id", str, ""),
         kind=_get(doc, "kind", str, ""),
         backend=_get(doc, "backend", str, ""),
+        template=_template(doc.get("template")),
         version=version,
     )

@@ -79,6 +79,52 @@ VIDEO_FORMAT_WEBP: VideoFormat.ValueType  # 3
 """Animated WebP (`image/webp`)."""
 Global___VideoFormat: _TypeAlias = VideoFormat  # noqa: Y015
 
+class _ParameterType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParameterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParameterType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARAMETER_TYPE_UNSPECIFIED: _ParameterType.ValueType  # 0
+    PARAMETER_TYPE_STRING: _ParameterType.ValueType  # 1
+    """Text."""
+    PARAMETER_TYPE_INT: _ParameterType.ValueType  # 2
+    """A whole number within `min`/`max`."""
+    PARAMETER_TYPE_FLOAT: _ParameterType.ValueType  # 3
+    """A number within `min`/`max`."""
+    PARAMETER_TYPE_BOOL: _ParameterType.ValueType  # 4
+    """true or false."""
+    PARAMETER_TYPE_ENUM: _ParameterType.ValueType  # 5
+    """One of `values`."""
+    PARAMETER_TYPE_SEED: _ParameterType.ValueType  # 6
+    """A noise seed (a whole number in [0, 2^64)); random when not given."""
+    PARAMETER_TYPE_MODEL: _ParameterType.ValueType  # 7
+    """A model file name from `folder`; `values` lists the files the fleet has."""
+    PARAMETER_TYPE_IMAGE: _ParameterType.ValueType  # 8
+    """An input image (see `TemplateRequest.params`)."""
+
+class ParameterType(_ParameterType, metaclass=_ParameterTypeEnumTypeWrapper):
+    """The kind of value a template parameter takes."""
+
+PARAMETER_TYPE_UNSPECIFIED: ParameterType.ValueType  # 0
+PARAMETER_TYPE_STRING: ParameterType.ValueType  # 1
+"""Text."""
+PARAMETER_TYPE_INT: ParameterType.ValueType  # 2
+"""A whole number within `min`/`max`."""
+PARAMETER_TYPE_FLOAT: ParameterType.ValueType  # 3
+"""A number within `min`/`max`."""
+PARAMETER_TYPE_BOOL: ParameterType.ValueType  # 4
+"""true or false."""
+PARAMETER_TYPE_ENUM: ParameterType.ValueType  # 5
+"""One of `values`."""
+PARAMETER_TYPE_SEED: ParameterType.ValueType  # 6
+"""A noise seed (a whole number in [0, 2^64)); random when not given."""
+PARAMETER_TYPE_MODEL: ParameterType.ValueType  # 7
+"""A model file name from `folder`; `values` lists the files the fleet has."""
+PARAMETER_TYPE_IMAGE: ParameterType.ValueType  # 8
+"""An input image (see `TemplateRequest.params`)."""
+Global___ParameterType: _TypeAlias = ParameterType  # noqa: Y015
+
 @_typing.final
 class TextToImage(_message.Message):
     """A typed text-to-image request (SDXL-style checkpoint, KSampler, VAE decode,
@@ -273,6 +319,7 @@ class GenerateRequest(_message.Message):
     VIDEO_FIELD_NUMBER: _builtins.int
     WORKFLOW_FIELD_NUMBER: _builtins.int
     WORKFLOW_JSON_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -300,6 +347,10 @@ class GenerateRequest(_message.Message):
         """
 
     @_builtins.property
+    def template(self) -> Global___TemplateRequest:
+        """A named workflow template with its parameters (see ListTemplates)."""
+
+    @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, echoed on the job and written to its manifest.
         At most 32; keys and values at most 256 characters.
@@ -312,16 +363,17 @@ class GenerateRequest(_message.Message):
         video: Global___Video | None = ...,
         workflow: _struct_pb2.Struct | None = ...,
         workflow_json: _builtins.str = ...,
+        template: Global___TemplateRequest | None = ...,
         request_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         priority: Global___Priority.ValueType = ...,
         retry_on_backend_loss: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "labels", b"labels", "priority", b"priority", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "labels", b"labels", "priority", b"priority", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text_to_image", "video", "workflow", "workflow_json"]  # noqa: Y015
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text_to_image", "video", "workflow", "workflow_json", "template"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
@@ -1068,3 +1120,321 @@ class ReadArtifactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadArtifactResponse: _TypeAlias = ReadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class TemplateRequest(_message.Message):
+    """A run of a named template. Errors in `params` are INVALID_ARGUMENT with
+    field violations `template.params.<name>`; an unknown name or version is
+    NOT_FOUND.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The template's name, e.g. `text-to-image`."""
+    version: _builtins.int
+    """Which version; 0 means the newest loaded."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """Parameter values by name. Unset parameters take their defaults (a `seed`
+        without a default is random). An `image` parameter takes the `image`
+        UploadInput returned, `{"bytes": "<base64>"}` (at most 8 MiB, uploaded
+        to the backends for you), or `{"artifact": {"job_id": "...", "key":
+        "..."}}` (an output of an earlier job).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "params", b"params", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateRequest: _TypeAlias = TemplateRequest  # noqa: Y015
+
+@_typing.final
+class TemplateParameter(_message.Message):
+    """One named input of a template."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___ParameterType.ValueType
+    description: _builtins.str
+    required: _builtins.bool
+    """A value must be given."""
+    min: _builtins.float
+    """Bounds of INT and FLOAT parameters, when the template sets them."""
+    max: _builtins.float
+    folder: _builtins.str
+    """MODEL: the model folder, e.g. `loras`."""
+    @_builtins.property
+    def default_value(self) -> _struct_pb2.Value:
+        """The value used when none is given; unset when there is none."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ENUM: the allowed values. MODEL: the files of `folder` some backend has."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___ParameterType.ValueType = ...,
+        description: _builtins.str = ...,
+        required: _builtins.bool = ...,
+        default_value: _struct_pb2.Value | None = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+        folder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "default_value", b"default_value", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "default_value", b"default_value", "description", b"description", "folder", b"folder", "max", b"max", "min", b"min", "name", b"name", "required", b"required", "type", b"type", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___TemplateParameter: _TypeAlias = TemplateParameter  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    """A workflow callers run by name with typed parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    RUNNABLE_FIELD_NUMBER: _builtins.int
+    UNRUNNABLE_REASON_FIELD_NUMBER: _builtins.int
+    BUILT_IN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Lowercase letters, digits and dashes; unique."""
+    version: _builtins.int
+    description: _builtins.str
+    runnable: _builtins.bool
+    """Whether a connected backend can run it now (its node classes and inputs)."""
+    unrunnable_reason: _builtins.str
+    """Why no backend can run it, when `runnable` is false."""
+    built_in: _builtins.bool
+    """Built into the gateway rather than read from the templates directory."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TemplateParameter]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The node ids whose files become the job's artifacts; empty: every output node."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        description: _builtins.str = ...,
+        parameters: _abc.Iterable[Global___TemplateParameter] | None = ...,
+        outputs: _abc.Iterable[_builtins.str] | None = ...,
+        runnable: _builtins.bool = ...,
+        unrunnable_reason: _builtins.str = ...,
+        built_in: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_in", b"built_in", "description", b"description", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "runnable", b"runnable", "unrunnable_reason", b"unrunnable_reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ALL_VERSIONS_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many templates per page, in [1, 1000]; 0 means 50."""
+    page_token: _builtins.str
+    """`next_page_token` from the previous response."""
+    all_versions: _builtins.bool
+    """List every loaded version, not only the newest of each name."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        all_versions: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_versions", b"all_versions", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more pages."""
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___Template] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class GetTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """0 means the newest loaded version."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTemplateRequest: _TypeAlias = GetTemplateRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLDER_FIELD_NUMBER: _builtins.int
+    folder: _builtins.str
+    """Only this folder (e.g. `loras`); empty lists every folder."""
+    def __init__(
+        self,
+        *,
+        folder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folder", b"folder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ModelFile(_message.Message):
+    """A model file and the backends that hold it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Backend base URLs (as in `Job.backend`)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFile: _TypeAlias = ModelFile  # noqa: Y015
+
+@_typing.final
+class ModelFolder(_message.Message):
+    """The files of one model folder, e.g. `checkpoints`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelFile]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        files: _abc.Iterable[Global___ModelFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFolder: _TypeAlias = ModelFolder  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def folders(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelFolder]: ...
+    def __init__(
+        self,
+        *,
+        folders: _abc.Iterable[Global___ModelFolder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folders", b"folders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

@@ -78,6 +78,21 @@ class GenerationServiceStub:
                 request_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactRequest.SerializeToString,
                 response_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/comfyui_grpc.v1.GenerationService/ListTemplates',
+                request_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/comfyui_grpc.v1.GenerationService/GetTemplate',
+                request_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.Template.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/comfyui_grpc.v1.GenerationService/ListModels',
+                request_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -153,6 +168,31 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTemplates(self, request, context):
+        """Lists the workflow templates callers may run by name (`GenerateRequest.template`):
+        the built-in `text-to-image` and `video`, and the operator's files
+        (`--templates-dir`), newest version first per name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplate(self, request, context):
+        """Returns one template with its parameters. NOT_FOUND for an unknown name
+        or version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Lists the model files the ComfyUI backends hold, by folder, each with
+        the backends that have it (from their `/object_info`, as routing sees it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +230,21 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.ReadArtifact,
                     request_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactRequest.FromString,
                     response_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.GetTemplateRequest.FromString,
+                    response_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.Template.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +445,87 @@ class GenerationService:
             '/comfyui_grpc.v1.GenerationService/ReadArtifact',
             comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactRequest.SerializeToString,
             comfyui__grpc_dot_v1_dot_generation__service__pb2.ReadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfyui_grpc.v1.GenerationService/ListTemplates',
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesRequest.SerializeToString,
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfyui_grpc.v1.GenerationService/GetTemplate',
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.GetTemplateRequest.SerializeToString,
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfyui_grpc.v1.GenerationService/ListModels',
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
+            comfyui__grpc_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

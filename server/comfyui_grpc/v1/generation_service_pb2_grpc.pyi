@@ -74,6 +74,19 @@ class GenerationServiceStub:
     """Streams the bytes of a stored artifact, for callers that cannot reach the
     store. The first message carries the artifact's description.
     """
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.ListTemplatesRequest, _generation_service_pb2.ListTemplatesResponse]
+    """Lists the workflow templates callers may run by name (`GenerateRequest.template`):
+    the built-in `text-to-image` and `video`, and the operator's files
+    (`--templates-dir`), newest version first per name.
+    """
+    GetTemplate: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.GetTemplateRequest, _generation_service_pb2.Template]
+    """Returns one template with its parameters. NOT_FOUND for an unknown name
+    or version.
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_generation_service_pb2.ListModelsRequest, _generation_service_pb2.ListModelsResponse]
+    """Lists the model files the ComfyUI backends hold, by folder, each with
+    the backends that have it (from their `/object_info`, as routing sees it).
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -120,6 +133,19 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     ReadArtifact: _aio.UnaryStreamMultiCallable[_generation_service_pb2.ReadArtifactRequest, _generation_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Streams the bytes of a stored artifact, for callers that cannot reach the
     store. The first message carries the artifact's description.
+    """
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.ListTemplatesRequest, _generation_service_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """Lists the workflow templates callers may run by name (`GenerateRequest.template`):
+    the built-in `text-to-image` and `video`, and the operator's files
+    (`--templates-dir`), newest version first per name.
+    """
+    GetTemplate: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.GetTemplateRequest, _generation_service_pb2.Template]  # type: ignore[assignment]
+    """Returns one template with its parameters. NOT_FOUND for an unknown name
+    or version.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_generation_service_pb2.ListModelsRequest, _generation_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the model files the ComfyUI backends hold, by folder, each with
+    the backends that have it (from their `/object_info`, as routing sees it).
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +232,37 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_generation_service_pb2.ReadArtifactResponse], _abc.AsyncIterator[_generation_service_pb2.ReadArtifactResponse]]:
         """Streams the bytes of a stored artifact, for callers that cannot reach the
         store. The first message carries the artifact's description.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _generation_service_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_service_pb2.ListTemplatesResponse, _abc.Awaitable[_generation_service_pb2.ListTemplatesResponse]]:
+        """Lists the workflow templates callers may run by name (`GenerateRequest.template`):
+        the built-in `text-to-image` and `video`, and the operator's files
+        (`--templates-dir`), newest version first per name.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTemplate(
+        self,
+        request: _generation_service_pb2.GetTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_service_pb2.Template, _abc.Awaitable[_generation_service_pb2.Template]]:
+        """Returns one template with its parameters. NOT_FOUND for an unknown name
+        or version.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _generation_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_service_pb2.ListModelsResponse, _abc.Awaitable[_generation_service_pb2.ListModelsResponse]]:
+        """Lists the model files the ComfyUI backends hold, by folder, each with
+        the backends that have it (from their `/object_info`, as routing sees it).
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63omfyui_grpc/v1/job.proto\x12\x0f\x63omfyui_grpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x01\n\x08\x41rtifact\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x15\n\rpresigned_url\x18\x08 \x01(\t\x12=\n\x19presigned_url_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61nimated\x18\n \x01(\x08\"\x8e\x01\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\nclass_type\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\r\x12\x0b\n\x03max\x18\x05 \x01(\r\x12\x17\n\x0fnodes_completed\x18\x06 \x01(\r\x12\x13\n\x0bnodes_total\x18\x07 \x01(\r\"h\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nclass_type\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\"\xc8\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.comfyui_grpc.v1.JobState\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.comfyui_grpc.v1.JobKind\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .comfyui_grpc.v1.Job.LabelsEntry\x12\x16\n\x0equeue_position\x18\x06 \x01(\r\x12.\n\x08progress\x18\x07 \x01(\x0b\x32\x1c.comfyui_grpc.v1.JobProgress\x12,\n\tartifacts\x18\x08 \x03(\x0b\x32\x19.comfyui_grpc.v1.Artifact\x12(\n\x05\x65rror\x18\t \x01(\x0b\x32\x19.comfyui_grpc.v1.JobError\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\t\x12\x10\n\x08sequence\x18\x0e \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_UPLOADING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*j\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_KIND_TEXT_TO_IMAGE\x10\x01\x12\x12\n\x0eJOB_KIND_VIDEO\x10\x02\x12\x15\n\x11JOB_KIND_WORKFLOW\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63omfyui_grpc/v1/job.proto\x12\x0f\x63omfyui_grpc.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x01\n\x08\x41rtifact\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x15\n\rpresigned_url\x18\x08 \x01(\t\x12=\n\x19presigned_url_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61nimated\x18\n \x01(\x08\"\x8e\x01\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\nclass_type\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\r\x12\x0b\n\x03max\x18\x05 \x01(\r\x12\x17\n\x0fnodes_completed\x18\x06 \x01(\r\x12\x13\n\x0bnodes_total\x18\x07 \x01(\r\"h\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nclass_type\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\"\xa6\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.comfyui_grpc.v1.JobState\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.comfyui_grpc.v1.JobKind\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .comfyui_grpc.v1.Job.LabelsEntry\x12\x16\n\x0equeue_position\x18\x06 \x01(\r\x12.\n\x08progress\x18\x07 \x01(\x0b\x32\x1c.comfyui_grpc.v1.JobProgress\x12,\n\tartifacts\x18\x08 \x03(\x0b\x32\x19.comfyui_grpc.v1.Artifact\x12(\n\x05\x65rror\x18\t \x01(\x0b\x32\x19.comfyui_grpc.v1.JobError\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\t\x12\x10\n\x08sequence\x18\x0e \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x12\x10\n\x08template\x18\x10 \x01(\t\x12\x18\n\x10template_version\x18\x11 \x01(\r\x12\x30\n\x0ftemplate_params\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_UPLOADING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*j\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_KIND_TEXT_TO_IMAGE\x10\x01\x12\x12\n\x0eJOB_KIND_VIDEO\x10\x02\x12\x15\n\x11JOB_KIND_WORKFLOW\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1154
-  _globals['_JOBSTATE']._serialized_end=1333
-  _globals['_JOBKIND']._serialized_start=1335
-  _globals['_JOBKIND']._serialized_end=1441
-  _globals['_ARTIFACT']._serialized_start=80
-  _globals['_ARTIFACT']._serialized_end=313
-  _globals['_JOBPROGRESS']._serialized_start=316
-  _globals['_JOBPROGRESS']._serialized_end=458
-  _globals['_JOBERROR']._serialized_start=460
-  _globals['_JOBERROR']._serialized_end=564
-  _globals['_JOB']._serialized_start=567
-  _globals['_JOB']._serialized_end=1151
-  _globals['_JOB_LABELSENTRY']._serialized_start=1106
-  _globals['_JOB_LABELSENTRY']._serialized_end=1151
+  _globals['_JOBSTATE']._serialized_start=1278
+  _globals['_JOBSTATE']._serialized_end=1457
+  _globals['_JOBKIND']._serialized_start=1459
+  _globals['_JOBKIND']._serialized_end=1565
+  _globals['_ARTIFACT']._serialized_start=110
+  _globals['_ARTIFACT']._serialized_end=343
+  _globals['_JOBPROGRESS']._serialized_start=346
+  _globals['_JOBPROGRESS']._serialized_end=488
+  _globals['_JOBERROR']._serialized_start=490
+  _globals['_JOBERROR']._serialized_end=594
+  _globals['_JOB']._serialized_start=597
+  _globals['_JOB']._serialized_end=1275
+  _globals['_JOB_LABELSENTRY']._serialized_start=1230
+  _globals['_JOB_LABELSENTRY']._serialized_end=1275
 # @@protoc_insertion_point(module_scope)

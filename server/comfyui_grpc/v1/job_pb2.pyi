@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -285,6 +286,9 @@ class Job(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
+    TEMPLATE_PARAMS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned id (a UUID); also the ComfyUI `prompt_id`."""
     request_id: _builtins.str
@@ -307,6 +311,12 @@ class Job(_message.Message):
     """The sequence number of the newest event reflected in this view."""
     cancel_requested: _builtins.bool
     """True once a caller asked to cancel it."""
+    template: _builtins.str
+    """The template the job was made from (`GenerateRequest.template`, or
+    `text-to-image`/`video` for the typed requests); empty for a raw workflow.
+    """
+    template_version: _builtins.int
+    """The template's version the job used."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels from the request, echoed back and stored in the manifest."""
@@ -331,6 +341,10 @@ class Job(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When it reached a terminal state."""
 
+    @_builtins.property
+    def template_params(self) -> _struct_pb2.Struct:
+        """Every parameter's value as used, defaults and random seeds filled in."""
+
     def __init__(
         self,
         *,
@@ -349,10 +363,13 @@ class Job(_message.Message):
         backend: _builtins.str = ...,
         sequence: _builtins.int = ...,
         cancel_requested: _builtins.bool = ...,
+        template: _builtins.str = ...,
+        template_version: _builtins.int = ...,
+        template_params: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "start_time", b"start_time", "template_params", b"template_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "backend", b"backend", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "kind", b"kind", "labels", b"labels", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "sequence", b"sequence", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "backend", b"backend", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "kind", b"kind", "labels", b"labels", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "sequence", b"sequence", "start_time", b"start_time", "state", b"state", "template", b"template", "template_params", b"template_params", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

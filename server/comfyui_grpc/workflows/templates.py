@@ -172,8 +172,10 @@ def _sampler(
     }
 
 
-def text_to_image_graph(job_id: str, p: TextToImageParams) -> dict[str, Any]:
-    check_text_to_image(p)
+def text_to_image_graph(
+    job_id: str, p: TextToImageParams, field: str = "text_to_image"
+) -> dict[str, Any]:
+    check_text_to_image(p, field)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": p.checkpoint}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": p.prompt, "clip": ["1", 1]}},
@@ -194,8 +196,8 @@ def text_to_image_graph(job_id: str, p: TextToImageParams) -> dict[str, Any]:
     }
 
 
-def video_graph(job_id: str, p: VideoParams) -> dict[str, Any]:
-    check_video(p)
+def video_graph(job_id: str, p: VideoParams, field: str = "video") -> dict[str, Any]:
+    check_video(p, field)
     combine: dict[str, Any] = {
         "images": ["9", 0],
         "frame_rate": float(p.fps),

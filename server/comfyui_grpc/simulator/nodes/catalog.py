@@ -35,6 +35,7 @@ class NodeCatalog:
         folders: Folders,
         checkpoints: Sequence[str],
         motion_modules: Sequence[str],
+        loras: Sequence[str] = (),
     ) -> None:
         specs = _recorded_specs()
         self._defs = {d.class_type: d for d in definitions}
@@ -45,6 +46,7 @@ class NodeCatalog:
         self.folders = folders
         self.checkpoints = sorted(checkpoints)
         self.motion_modules = sorted(motion_modules)
+        self.loras = sorted(loras)
 
     def __contains__(self, class_type: object) -> bool:
         return class_type in self._defs
@@ -58,6 +60,8 @@ class NodeCatalog:
             return list(self.checkpoints)
         if folder == "animatediff_models":
             return list(self.motion_modules)
+        if folder == "loras":
+            return list(self.loras)
         if folder in MODEL_FOLDERS:
             return []
         return None
@@ -67,6 +71,8 @@ class NodeCatalog:
             return list(self.checkpoints)
         if source == "motion_modules":
             return list(self.motion_modules)
+        if source == "loras":
+            return list(self.loras)
         return self.folders.input_files()
 
     def spec(self, class_type: str) -> dict[str, Any]:

@@ -101,6 +101,8 @@ async def ksampler(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
         await ctx.sleep(ctx.step_seconds())
         await ctx.progress(step + 1, steps)
     seed = int(inputs["seed"])
+    if latent.seed:  # image-to-image: the result depends on the encoded image too
+        seed = derive_seed(latent.seed, str(seed))
     return NodeOutput((Latent(latent.width, latent.height, latent.batch, seed),))
 
 
@@ -108,6 +110,34 @@ async def vae_decode(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
     latent: Latent = inputs["samples"]
     pictures = tuple(Picture(latent.seed, i) for i in range(latent.batch))
     return NodeOutput((Images(latent.width, latent.height, pictures),))
+
+
+async def vae_encode(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
+    image: Images = inputs["pixels"]
+    # Like ComfyUI, the sides are cut down to multiples of 8 when encoding.
+    seed = derive_seed(image.pictures[0].seed, "encode") if image.pictures else 1
+    return NodeOutput((Latent(image.width // 8 * 8, image.height // 8 * 8, image.count, seed),))
+
+
+async def lora_loader(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
+    model: Handle = inputs["model"]
+    clip: Handle = inputs["clip"]
+    lora = str(inputs["lora_name"])
+    patched = (Handle("MODEL", f"{model.name}+{lora}"), Handle("CLIP", f"{clip.name}+{lora}"))
+    return NodeOutput(patched)
+
+
+async def image_scale(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
+    image: Images = inputs["image"]
+    width, height = int(inputs["width"]), int(inputs["height"])
+    # ComfyUI: a 0 side keeps the aspect ratio; both 0 leave the image as it is.
+    if width == 0 and height == 0:
+        return NodeOutput((image,))
+    if width == 0:
+        width = max(1, round(image.width * height / image.height))
+    elif height == 0:
+        height = max(1, round(image.height * width / image.width))
+    return NodeOutput((Images(width, height, image.pictures),))
 
 
 DEFINITIONS = (
@@ -122,6 +152,7 @@ DEFINITIONS = (
         validated_inputs=("image",),
         dynamic_combos={"image": "input"},
     ),
+    NodeDef("ImageScale", image_scale),
     NodeDef("GetImageSize", get_image_size),
     NodeDef("PreviewAny", preview_any),
     NodeDef(
@@ -131,4 +162,6 @@ DEFINITIONS = (
     NodeDef("EmptyLatentImage", empty_latent),
     NodeDef("KSampler", ksampler),
     NodeDef("VAEDecode", vae_decode),
+    NodeDef("VAEEncode", vae_encode),
+    NodeDef("LoraLoader", lora_loader, dynamic_combos={"lora_name": "loras"}),
 )
