@@ -76,15 +76,8 @@ def needs_of(graph: Mapping[str, Any]) -> Needs:
 
 
 def _combo_options(spec: Any) -> frozenset[str] | None:
-    """The allowed values of a combo input spec, or None when it is not a combo.
-
-    Upload combos (LoadImage's input files) are left out: they change with
-    every upload, and ComfyUI checks the file when the job arrives.
-    """
+    """The allowed values of a combo input spec, or None when it is not a combo."""
     if not isinstance(spec, list) or not spec:
-        return None
-    extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if any(key.endswith("_upload") and value for key, value in extra.items()):
         return None
     kind = spec[0]
     if isinstance(kind, list):

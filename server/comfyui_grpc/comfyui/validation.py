@@ -96,32 +96,7 @@ class ObjectInfoSchemas:
         return bool(self._info[class_type].get("output_node"))
 
     def custom_check(self, class_type: str) -> CustomCheck | None:
-        """Upload inputs (LoadImage's ``image``) are checked by the node itself in
-        ComfyUI (``VALIDATE_INPUTS``: the file exists), not against the combo
-        list, which a gateway's copy of ``/object_info`` may hold from before an
-        upload: they pass here, and ComfyUI checks them when the job is sent."""
-        names = upload_inputs(self._info.get(class_type, {}))
-        if not names:
-            return None
-        return names, _accept
-
-
-def _accept(inputs: Mapping[str, Any]) -> bool:
-    return True
-
-
-def upload_inputs(entry: Any) -> tuple[str, ...]:
-    """Inputs of an ``/object_info`` entry that pick an uploaded file (``image_upload``...)."""
-    sections = entry.get("input") if isinstance(entry, Mapping) else None
-    found: list[str] = []
-    for section in sections.values() if isinstance(sections, Mapping) else ():
-        for name, spec in section.items() if isinstance(section, Mapping) else ():
-            extra = spec[1] if isinstance(spec, list) and len(spec) > 1 else None
-            if isinstance(extra, Mapping) and any(
-                key.endswith("_upload") and value for key, value in extra.items()
-            ):
-                found.append(str(name))
-    return tuple(found)
+        return None
 
 
 def validate_against(
