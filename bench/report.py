@@ -565,7 +565,11 @@ def _fleet_tables(fleet: dict[str, Any] | None) -> list[str]:
             f"short jobs, then caller B submitted {fair.get('b_jobs')}. Waits are Generate sent "
             "-> execution started on the simulator, in job durations "
             f"(one job = {fmt((_num(fair.get('job_duration_s')) or math.nan) * 1000, 0)} ms). "
-            f"When B came, {fair.get('a_not_started_when_b_came')} of A's jobs had not started.",
+            f"When B came, {fair.get('a_not_started_when_b_came')} of A's jobs had not started. "
+            "B's fair share for its k-th job is (1 + prefetch) + (2k - 1) / backends job "
+            "durations: the running and prefetched job on the backend it goes to, then one job "
+            "per active caller per turn (its own earlier ones included) over the backends; the "
+            "p95 of those 10 values is the target.",
             "",
         ]
         lines += _table(
