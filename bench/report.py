@@ -79,8 +79,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         return _num(_get(sub, variant, "64", "calls_per_s"))
 
     gateway = rate("gateway")
+    for level in _get(results, "sections", "submission", "levels") or []:
+        g = _get(sub, "gateway", str(level)) or {}
+        f = _get(sub, "floor", str(level)) or {}
+        r = ratio(_num(g.get("calls_per_s")), _num(f.get("calls_per_s")))
+        gp50, fp50 = _num(g.get("p50_ms")), _num(f.get("p50_ms"))
+        add(
+            f"Submission vs minimal gRPC-to-httpx forwarder, {level} caller(s)",
+            "gateway calls/s >= 1.0 x floor and p50 latency below the floor's",
+            f"{fmt_ratio(r)} calls/s; p50 {fmt(gp50, 2)} vs {fmt(fp50, 2)} ms",
+            None if r is None or gp50 is None or fp50 is None else r >= 1.0 and gp50 < fp50,
+            _get(sub, "floor", "not_measured") or "",
+        )
     for variant, factor, label in (
-        ("floor", 0.8, "Submission vs minimal gRPC-to-httpx forwarder"),
         ("refproxy", 15.0, "Submission vs reference proxy (new client per request)"),
     ):
         r = ratio(gateway, rate(variant))
@@ -174,6 +185,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         note,
     )
 
+    fleet_targets(results, add)
+
     mem = _get(results, "sections", "memory") or {}
     idle = _num(mem.get("idle_rss_mib"))
     add(
@@ -190,6 +203,50 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         None if per_stream is None else per_stream * 1024 <= 50 * KB,
     )
     return out
+
+
+def fleet_targets(results: dict[str, Any], add: Any) -> None:
+    """Makespan, gaps and fair share of the fleet section (see bench/fleet.py)."""
+    fleet = _get(results, "sections", "fleet") or {}
+    for sc in fleet.get("scenarios", []):
+        vs_greedy, vs_bound = _num(sc.get("vs_greedy")), _num(sc.get("vs_lower_bound"))
+        greedy_vs_bound = ratio(_num(sc.get("greedy_s")), _num(sc.get("lower_bound_s")))
+        met = None
+        if vs_greedy is not None and vs_bound is not None:
+            met = vs_greedy <= 1.05 and vs_bound <= 1.2
+        add(
+            f"Fleet makespan, {sc['name']} ({sc['jobs']} jobs, {sc['long_jobs']} long)",
+            "<= 1.05 x greedy first-free schedule and <= 1.2 x lower bound",
+            f"{fmt_ratio(vs_greedy)} greedy, {fmt_ratio(vs_bound)} bound "
+            f"({fmt(sc.get('makespan_s'), 2)} s; greedy {fmt(sc.get('greedy_s'), 2)} s, "
+            f"bound {fmt(sc.get('lower_bound_s'), 2)} s)",
+            met,
+            f"greedy itself is {fmt_ratio(greedy_vs_bound)} the bound"
+            + (f"; {sc['not_run']} job(s) not run" if sc.get("not_run") else ""),
+        )
+        gap = sc.get("gap_ms") or {}
+        median_gap = _num(gap.get("median"))
+        add(
+            f"Fleet gap between jobs on a backend, {sc['name']}",
+            "median <= 20 ms (next start - previous end, simulators' records)",
+            f"{fmt(median_gap, 1)} ms (p95 {fmt(gap.get('p95'), 1)}, max "
+            f"{fmt(gap.get('max'), 1)}, n={gap.get('n', 'n/a')})",
+            None if median_gap is None else median_gap <= 20.0,
+            "timestamps have 1 ms resolution",
+        )
+    fair = fleet.get("fairness") or {}
+    if fair:
+        b95, bound = _num(fair.get("b_wait_p95_jobs")), _num(fair.get("fair_share_p95_jobs"))
+        add(
+            f"Fair share: caller B's {fair.get('b_jobs')} jobs behind A's {fair.get('a_jobs')}",
+            "B's p95 wait (Generate -> started) within its fair share, not behind A's queue",
+            f"B p95 {fmt(b95, 2)} job-durations (fair share {fmt(bound, 2)}); A p95 "
+            f"{fmt(fair.get('a_wait_p95_jobs'), 1)}",
+            None if b95 is None or bound is None else b95 <= bound,
+            f"behind A's queue B would wait ~{fmt(fair.get('fifo_b_p95_jobs'), 1)}; one job = "
+            f"{fmt((_num(fair.get('job_duration_s')) or math.nan) * 1000, 0)} ms, "
+            f"{fair.get('backends')} backends",
+        )
 
 
 # -- ratios ------------------------------------------------------------------------
@@ -256,6 +313,32 @@ def ratio_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     ),
                 )
             )
+    for sc in _get(results, "sections", "fleet", "scenarios") or []:
+        rows.append(
+            (
+                f"Fleet makespan, {sc['name']}",
+                "gateway / greedy first-free schedule",
+                fmt_ratio(_num(sc.get("vs_greedy"))),
+            )
+        )
+        rows.append(
+            (
+                f"Fleet makespan, {sc['name']}",
+                "gateway / lower bound",
+                fmt_ratio(_num(sc.get("vs_lower_bound"))),
+            )
+        )
+    fair = _get(results, "sections", "fleet", "fairness") or {}
+    if fair:
+        rows.append(
+            (
+                "Fair share, p95 wait",
+                "caller B (10 jobs) / caller A (queued first)",
+                fmt_ratio(
+                    ratio(_num(fair.get("b_wait_p95_jobs")), _num(fair.get("a_wait_p95_jobs")))
+                ),
+            )
+        )
     return rows
 
 
@@ -433,6 +516,83 @@ def _section_tables(results: dict[str, Any]) -> list[str]:
             ["growth per open stream (KiB)", fmt(mem.get("per_stream_kib"))],
         ]
         lines += _table(["stage", "RSS MiB"], rows)
+    lines += _fleet_tables(sections.get("fleet"))
+    return lines
+
+
+def _fleet_tables(fleet: dict[str, Any] | None) -> list[str]:
+    if not fleet:
+        return []
+    lines = _section_header(fleet, "Fleet: scheduling across backends")
+    rows = []
+    for sc in fleet.get("scenarios", []):
+        gap = sc.get("gap_ms") or {}
+        rows.append(
+            [
+                sc["name"],
+                f"{sc['jobs']} ({sc['long_jobs']} long)",
+                fmt(sc.get("makespan_s"), 2),
+                fmt(sc.get("greedy_s"), 2),
+                fmt(sc.get("lower_bound_s"), 2),
+                fmt_ratio(_num(sc.get("vs_greedy"))),
+                fmt_ratio(_num(sc.get("vs_lower_bound"))),
+                f"{fmt(gap.get('median'), 1)} / {fmt(gap.get('p95'), 1)} / "
+                f"{fmt(gap.get('max'), 1)}",
+                " ".join(str(n) for n in sc.get("jobs_per_backend", [])),
+                fmt(sc.get("submit_s"), 2),
+            ]
+        )
+    lines += _table(
+        [
+            "scenario",
+            "jobs",
+            "makespan s",
+            "greedy s",
+            "bound s",
+            "/ greedy",
+            "/ bound",
+            "gap ms median / p95 / max",
+            "jobs per backend",
+            "burst submitted in s",
+        ],
+        rows,
+    )
+    fair = fleet.get("fairness") or {}
+    if fair:
+        lines += [
+            "",
+            f"Fair share on {fair.get('backends')} backends: caller A queued {fair.get('a_jobs')} "
+            f"short jobs, then caller B submitted {fair.get('b_jobs')}. Waits are Generate sent "
+            "-> execution started on the simulator, in job durations "
+            f"(one job = {fmt((_num(fair.get('job_duration_s')) or math.nan) * 1000, 0)} ms). "
+            f"When B came, {fair.get('a_not_started_when_b_came')} of A's jobs had not started. "
+            "B's fair share for its k-th job is (1 + prefetch) + (2k - 1) / backends job "
+            "durations: the running and prefetched job on the backend it goes to, then one job "
+            "per active caller per turn (its own earlier ones included) over the backends; the "
+            "p95 of those 10 values is the target.",
+            "",
+        ]
+        lines += _table(
+            ["caller", "jobs", "wait p50", "wait p95", "fair share p95"],
+            [
+                [
+                    "A",
+                    str(fair.get("a_jobs")),
+                    fmt(fair.get("a_wait_p50_jobs"), 2),
+                    fmt(fair.get("a_wait_p95_jobs"), 2),
+                    "",
+                ],
+                [
+                    "B",
+                    str(fair.get("b_jobs")),
+                    fmt(fair.get("b_wait_p50_jobs"), 2),
+                    fmt(fair.get("b_wait_p95_jobs"), 2),
+                    fmt(fair.get("fair_share_p95_jobs"), 2),
+                ],
+            ],
+        )
+    lines += [""] + [f"- {k}: {v}" for k, v in fleet.get("description", {}).items()]
+    lines += ["", "![fleet schedules and waits](fleet.png)"]
     return lines
 
 
@@ -490,6 +650,84 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def fleet_chart(results: dict[str, Any], path: Path) -> bool:
+    """Each burst's schedule per backend, and the fair-share waits; False without matplotlib."""
+    fleet = _get(results, "sections", "fleet")
+    if not fleet:
+        return True
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = fleet.get("scenarios", [])
+    panels = len(scenarios) + (1 if fleet.get("fairness") else 0)
+    columns = 3
+    rows = max(1, math.ceil(panels / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, sc in zip(flat, scenarios, strict=False):
+        for backend, start, end, long in sc.get("timeline", []):
+            ax.barh(
+                backend,
+                end - start,
+                left=start,
+                height=0.8,
+                color="tab:red" if long else "tab:blue",
+                edgecolor="white",
+                linewidth=0.3,
+            )
+        for value, style, label in (
+            (sc.get("greedy_s"), "--", "greedy"),
+            (sc.get("lower_bound_s"), ":", "lower bound"),
+        ):
+            if _num(value) is not None:
+                ax.axvline(value, color="black", linestyle=style, label=f"{label} {value:.2f} s")
+        scales = sc.get("time_scales", [])
+        ax.set_yticks(range(len(scales)))
+        ax.set_yticklabels([f"{i}{' (2x slow)' if s > 1 else ''}" for i, s in enumerate(scales)])
+        ax.set_title(f"{sc['name']}: makespan {fmt(sc.get('makespan_s'), 2)} s", fontsize=10)
+        ax.set_xlabel("s since the first job arrived (red: long jobs)")
+        ax.legend(fontsize=8, loc="lower right")
+    fair = fleet.get("fairness") or {}
+    if fair:
+        ax = flat[len(scenarios)]
+        for key, label, color in (
+            ("a_waits_jobs", f"caller A ({fair.get('a_jobs')} jobs)", "tab:orange"),
+            ("b_waits_jobs", f"caller B ({fair.get('b_jobs')} jobs)", "tab:green"),
+        ):
+            waits = sorted(fair.get(key) or [])
+            if waits:
+                ax.step(
+                    waits,
+                    [(i + 1) / len(waits) for i in range(len(waits))],
+                    where="post",
+                    label=label,
+                    color=color,
+                )
+        bound = _num(fair.get("fair_share_p95_jobs"))
+        if bound is not None:
+            ax.axvline(bound, color="black", linestyle=":", label=f"B's fair share p95 {bound:.1f}")
+        ax.set_title("Fair share: wait from Generate to start", fontsize=10)
+        ax.set_xlabel("job durations")
+        ax.set_ylabel("fraction of the caller's jobs")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    fig.suptitle(
+        f"comfyui-grpc fleet scheduling ({fleet.get('mode', '?')}), simulators' own records",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
