@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from .faults import Faults
-from .server import DEFAULT_CHECKPOINTS, DEFAULT_MOTION_MODULES, Simulator
+from .server import DEFAULT_CHECKPOINTS, DEFAULT_MOTION_MODULES, PREVIEW_METHODS, Simulator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="motion_modules",
         metavar="NAME",
         help=f"simulated motion module (repeatable; default: {DEFAULT_MOTION_MODULES[0]})",
+    )
+    parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default="none",
+        help="like ComfyUI's: anything but none (the default) makes KSampler send a preview "
+        "image per step (TestSlowProgress send_preview sends them regardless)",
     )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
@@ -157,6 +164,7 @@ def simulator_from_args(args: argparse.Namespace) -> Simulator:
         motion_modules=args.motion_modules or DEFAULT_MOTION_MODULES,
         time_scale=args.time_scale,
         input_dir=args.input_dir,
+        preview_method=args.preview_method,
     )
 
 
