@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TYPE",
         help="send WebSocket messages of this type (e.g. status, execution_cached; not_json "
-        "for garbage text) with data of the wrong shape (repeatable)",
+        "for garbage text; preview for binary preview frames) with data of the wrong shape "
+        "(repeatable)",
     )
     hostile.add_argument(
         "--http-malformed",
