@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, fleet, memory, progress, report, servers, submission
+from . import artifacts, fleet, memory, previews, progress, report, servers, submission
 from .common import REPO, Children, clean_floats, dump_json, log, machine_info
 
-SECTIONS = ("submission", "progress", "artifacts", "memory", "fleet")
+SECTIONS = ("submission", "progress", "previews", "artifacts", "memory", "fleet")
 CORE_VARIANTS = ["gateway", "floor", "direct", "refproxy", "comfy_api_proxy", "echo"]
 INFO_VARIANTS = ["gateway_typed", "direct_aiohttp"]
 
@@ -92,6 +92,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "variants": pick(CORE_VARIANTS + ([] if quick else INFO_VARIANTS)),
         },
         "progress": {"runs": runs, "quick": quick, "relays": pick(list(progress.RELAYS))},
+        "previews": {"runs": runs, "quick": quick},
         "artifacts": {"quick": quick, "runs_small": runs, "modes": pick(list(artifacts.MODES))},
         "memory": {"finished_jobs": 1000 if quick else 10_000, "streams": 1000},
         "fleet": {"jobs_per_backend": 12 if quick else 18, "a_jobs": 120 if quick else 300},
@@ -114,6 +115,9 @@ async def run_sections(
                 runs = options["runs"]
             elif name == "progress":
                 data = await progress.run(workdir, s3, **options)
+                runs = options["runs"]
+            elif name == "previews":
+                data = await previews.run(workdir, s3, **options)
                 runs = options["runs"]
             elif name == "artifacts":
                 data = await artifacts.run(workdir, s3, **options)

@@ -51,6 +51,8 @@ class Scenario:
     subscribers_per_job: int
     steps: int
     seconds_per_step: float
+    previews: bool = False
+    """Whether the node sends a preview image with every step."""
 
     @property
     def subscribers(self) -> int:
@@ -116,6 +118,10 @@ class Relay:
     async def subscribe(self, sub: Subscriber, index: int) -> None:
         raise NotImplementedError
 
+    def measured(self, index: int) -> bool:
+        """Whether subscriber ``index``'s delays count (all, unless a comparison says)."""
+        return True
+
 
 class GrpcRelay(Relay):
     def __init__(self, server: servers.Server, name: str) -> None:
@@ -141,9 +147,12 @@ class GrpcRelay(Relay):
         reply = await stub.Generate(workloads.workflow_request(graph), timeout=30)
         return str(reply.job_id)
 
+    def request(self, sub: Subscriber, index: int) -> pb.StreamProgressRequest:
+        return pb.StreamProgressRequest(job_id=sub.job_id)
+
     async def subscribe(self, sub: Subscriber, index: int) -> None:
         stub = pb_grpc.GenerationServiceStub(self._channel(index))
-        call = stub.StreamProgress(pb.StreamProgressRequest(job_id=sub.job_id), timeout=300)
+        call = stub.StreamProgress(self.request(sub, index), timeout=300)
         try:
             async for event in call:
                 now = time.monotonic()
@@ -321,7 +330,12 @@ async def run_scenario(
     gate = await workloads.hold(control, sim.url)
     job_ids = []
     for index in range(scenario.jobs):
-        graph = workloads.slow_graph(scenario.steps, scenario.seconds_per_step, f"relay{index}")
+        graph = workloads.slow_graph(
+            scenario.steps,
+            scenario.seconds_per_step,
+            f"relay{index}",
+            send_preview=scenario.previews,
+        )
         job_ids.append(await relay.submit(graph))
     result.relay_rss_idle_kib = relay.server.child.rss_kib()
     # Round robin over the jobs: a relay that caps its streams still serves several jobs.
@@ -348,7 +362,9 @@ async def run_scenario(
         sent.setdefault((prompt_id, kind, node, int(value)), float(t_send))
         if kind == "progress":
             owed_per_job[prompt_id] = owed_per_job.get(prompt_id, 0) + 1
-    for sub in subs:
+    for index, sub in enumerate(subs):
+        if not relay.measured(index):
+            continue
         if sub.refused:
             result.refused += 1
             result.first_problem = result.first_problem or f"stream refused: {sub.refused}"

@@ -44,7 +44,9 @@ def unique_color() -> int:
     return next(_salt) % 0xFFFFFF
 
 
-def slow_graph(steps: int, seconds_per_step: float, prefix: str = "bench") -> Graph:
+def slow_graph(
+    steps: int, seconds_per_step: float, prefix: str = "bench", *, send_preview: bool = False
+) -> Graph:
     """EmptyImage -> TestSlowProgress -> SaveImage: one ``progress`` per step.
 
     Each graph gets its own image colour: identical inputs would be served
@@ -57,7 +59,12 @@ def slow_graph(steps: int, seconds_per_step: float, prefix: str = "bench") -> Gr
         },
         "2": {
             "class_type": "TestSlowProgress",
-            "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds_per_step},
+            "inputs": {
+                "image": ["1", 0],
+                "steps": steps,
+                "seconds_per_step": seconds_per_step,
+                "send_preview": send_preview,  # a 64x64 JPEG preview frame per step
+            },
         },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }

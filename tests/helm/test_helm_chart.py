@@ -659,7 +659,14 @@ def test_default_comfyui_is_a_gpu_workload_behind_a_headless_service(render_char
     comfyui = container(deployment, "comfyui")
     assert comfyui["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert comfyui["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert comfyui["args"][:4] == ["--listen", "0.0.0.0", "--port", "8188"]
+    assert comfyui["args"][:6] == [
+        "--listen",
+        "0.0.0.0",
+        "--port",
+        "8188",
+        "--preview-method",
+        "auto",
+    ]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert comfyui[probe]["httpGet"]["path"] == "/system_stats"
     spec = pod_spec(deployment)
@@ -893,6 +900,7 @@ BAD_VALUES = [
     ({"auth": {"enabled": False}, "ingress": {"enabled": True}}, ["/auth/enabled", "true"]),
     ({"gateway": {"insecure": "yes"}}, ["/gateway/insecure", "got string, want boolean"]),
     ({"gateway": {"persistence": {"sizee": "1Gi"}}}, ["additional properties 'sizee'"]),
+    ({"comfyui": {"previewMethod": "fast"}}, ["previewMethod"]),
 ]
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Generate an image, print its progress, save it.
 //
-//   node examples/generate.js "a lighthouse at dusk" [--size 512x512] [--steps 20] [--out DIR]
+//   node examples/generate.js "a lighthouse at dusk" [--size 512x512] [--steps 20] [--out DIR] [--previews]
+//
+// --previews prints each live preview's node, step and size as the image
+// forms (ComfyUI must run with a preview method, e.g. --preview-method auto).
 //
 // The gateway is COMFYUI_GRPC_TARGET (default localhost:50051); a bearer
 // token is read from COMFYUI_GRPC_TOKEN.
@@ -21,6 +24,7 @@ const { values, positionals } = parseArgs({
     seed: { type: "string" },
     out: { type: "string", default: "." },
     target: { type: "string" },
+    previews: { type: "boolean", default: false },
   },
 });
 const prompt = positionals.join(" ");
@@ -48,6 +52,15 @@ try {
         const state = event.state.replace("JOB_STATE_", "").toLowerCase();
         console.error(`${percent}% ${state} ${event.event} ${node}`.trimEnd());
       },
+      onPreview: values.previews
+        ? (preview) => {
+            const step = preview.max ? ` step ${preview.value}/${preview.max}` : "";
+            console.error(
+              `preview ${preview.class_type} (node ${preview.node_id})${step}: ` +
+                `${preview.image.length} bytes ${preview.content_type}`,
+            );
+          }
+        : undefined,
     },
   );
   await mkdir(values.out, { recursive: true });

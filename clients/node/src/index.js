@@ -235,20 +235,29 @@ export class ComfyUIGrpcClient {
    * Progress events until the job's final event: a snapshot first, then
    * each event once, in order. A dropped connection is resumed with
    * `after_sequence`, so nothing is missed or repeated.
+   * With `includePreviews`, `preview` events (the newest intermediate image,
+   * at most `previewMaxFps` a second, server default 2) come in between;
+   * they carry the sequence of the event before them and are never replayed.
    * @param {string} jobId
-   * @param {{afterSequence?: number}} [options] replay events after this sequence (0: all)
+   * @param {{afterSequence?: number, includePreviews?: boolean, previewMaxFps?: number}} [options]
+   *   afterSequence: replay events after this sequence (0: all)
    */
-  async *streamProgress(jobId, { afterSequence } = {}) {
+  async *streamProgress(jobId, { afterSequence, includePreviews = false, previewMaxFps } = {}) {
     let last = null; // newest sequence delivered, once the first message arrived
     let failures = 0;
     for (;;) {
-      const request = { job_id: jobId };
+      const request = { job_id: jobId, include_previews: includePreviews };
+      if (includePreviews && previewMaxFps !== undefined) request.preview_max_fps = previewMaxFps;
       const resumeAfter = last ?? afterSequence;
       if (resumeAfter !== undefined && resumeAfter !== null) request.after_sequence = resumeAfter;
       const call = this.stub.StreamProgress(request, this.#metadata());
       let state = "";
       try {
         for await (const event of call) {
+          if (event.event === "preview") {
+            yield event; // not an event of the job's log: no sequence of its own
+            continue;
+          }
           if (event.event === "snapshot") {
             if (last !== null) continue; // a resumed stream's snapshot adds nothing
             last = afterSequence === undefined ? event.sequence : Math.min(event.sequence, afterSequence);
@@ -307,22 +316,26 @@ export class ComfyUIGrpcClient {
    * Text to image in one call: submit, follow progress, return the finished
    * job (throws JobError unless it succeeded).
    * @param {object} image TextToImage fields: prompt, width, height, steps, seed, ...
-   * @param {{onProgress?: (event: object) => void, requestId?: string}} [options]
+   * @param {{onProgress?: (event: object) => void, onPreview?: (preview: object) => void,
+   *   previewMaxFps?: number, requestId?: string}} [options] `onPreview` gets each
+   *   NodePreview (node_id, class_type, content_type, image: Buffer, value, max)
    */
-  async generateImage(image, { onProgress, requestId } = {}) {
-    return this.run({ text_to_image: image, request_id: requestId }, { onProgress });
+  async generateImage(image, { requestId, ...options } = {}) {
+    return this.run({ text_to_image: image, request_id: requestId }, options);
   }
 
   /** Like generateImage, for an AnimateDiff video (Video fields). */
-  async generateVideo(video, { onProgress, requestId } = {}) {
-    return this.run({ video, request_id: requestId }, { onProgress });
+  async generateVideo(video, { requestId, ...options } = {}) {
+    return this.run({ video, request_id: requestId }, options);
   }
 
-  /** Submit any GenerateRequest and follow it to the end. */
-  async run(request, { onProgress } = {}) {
+  /** Submit any GenerateRequest and follow it to the end (options as generateImage). */
+  async run(request, { onProgress, onPreview, previewMaxFps } = {}) {
     const submitted = await this.generate(request);
-    for await (const event of this.streamProgress(submitted.job_id, { afterSequence: 0 })) {
-      onProgress?.(event);
+    const options = { afterSequence: 0, includePreviews: Boolean(onPreview), previewMaxFps };
+    for await (const event of this.streamProgress(submitted.job_id, options)) {
+      if (event.event === "preview") onPreview?.(event.preview);
+      else onProgress?.(event);
     }
     const job = await this.getResult(submitted.job_id, { waitSeconds: 30 });
     if (job.state !== "JOB_STATE_SUCCEEDED") throw new JobError(job);

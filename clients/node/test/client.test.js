@@ -108,6 +108,33 @@ describe("against the gateway", { skip: target ? false : "COMFYUI_GRPC_TARGET is
     });
   });
 
+  test("previews come to onPreview, in between ordered progress", async () => {
+    const graph = {
+      1: { class_type: "EmptyImage", inputs: { width: 64, height: 64, batch_size: 1, color: 0 } },
+      2: {
+        class_type: "TestSlowProgress",
+        inputs: { image: ["1", 0], steps: 3, seconds_per_step: 0.3, send_preview: true },
+      },
+      3: { class_type: "SaveImage", inputs: { images: ["2", 0], filename_prefix: "node-previews" } },
+    };
+    const previews = [];
+    const events = [];
+    await client.run(
+      { workflow_json: JSON.stringify(graph) },
+      { onProgress: (e) => events.push(e), onPreview: (p) => previews.push(p), previewMaxFps: 10 },
+    );
+    assert.deepEqual(previews.map((p) => p.value), [1, 2, 3]);
+    for (const preview of previews) {
+      assert.equal(preview.node_id, "2");
+      assert.equal(preview.class_type, "TestSlowProgress");
+      assert.equal(preview.content_type, "image/jpeg");
+      assert.equal(preview.image.subarray(0, 3).toString("hex"), "ffd8ff");
+    }
+    assert.ok(events.every((e) => e.event !== "preview"));
+    const sequences = events.slice(1).map((e) => e.sequence);
+    assert.deepEqual(sequences, sequences.map((_, i) => i + 1));
+  });
+
   test("a job can be cancelled while it runs", async () => {
     const submitted = await client.generate({ text_to_image: { ...small, prompt: "long", steps: 200 } });
     let last;

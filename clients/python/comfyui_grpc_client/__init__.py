@@ -25,6 +25,7 @@ from .client import (
     GenerationResult,
     JobHandle,
     JobPage,
+    PreviewCallback,
     ProgressCallback,
     RetryPolicy,
     new_request_id,
@@ -61,7 +62,7 @@ from .models import (
     UploadedInput,
     VideoFormat,
 )
-from .progress import EventKind, ProgressUpdate
+from .progress import EventKind, Preview, ProgressUpdate
 from .requests import image_request, video_request, workflow_request
 from .sync import Client, SyncGenerationResult, SyncJobHandle
 
@@ -92,6 +93,8 @@ __all__ = [
     "JobState",
     "NotFoundError",
     "PermissionDeniedError",
+    "Preview",
+    "PreviewCallback",
     "Priority",
     "ProgressCallback",
     "ProgressUpdate",

@@ -38,6 +38,7 @@ from .credentials import (
 )
 from .errors import GenerationError, JobCancelledError, JobFailedError, UnavailableError
 from .models import Artifact, Job, JobState, Priority, VideoFormat
+from .preview_files import PreviewFiles
 from .progress import EventKind, ProgressUpdate
 from .requests import image_request, video_request
 from .sync import Client
@@ -250,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--out", type=Path, default=Path("."), help="directory for outputs")
     gen.add_argument("--no-download", action="store_true", help="print keys, save nothing")
+    gen.add_argument(
+        "--preview-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the newest live preview of each node here (JOBID8-preview-NODE.jpg, "
+        "replaced as the image forms; ComfyUI needs a preview method)",
+    )
     gen.add_argument(
         "--presigned", action="store_true", help="download through presigned URLs when available"
     )
@@ -492,8 +501,17 @@ def cmd_generate(client: Client, args: argparse.Namespace, console: Console) -> 
     if display is not None:
         note = " (existing job for this request id)" if submission.deduplicated else ""
         display.message(f"job {job_id}{note}")
+    previews = PreviewFiles(args.preview_dir, job_id) if args.preview_dir else None
     try:
-        for update in client.watch(job_id, after_sequence=0):
+        for update in client.watch(job_id, after_sequence=0, include_previews=previews is not None):
+            if update.preview is not None:
+                if previews is not None:
+                    path = previews.write(update.preview)
+                    if display is not None:
+                        display.previewed(
+                            f"preview {update.preview.value}/{update.preview.max} -> {path}"
+                        )
+                continue
             if display is not None:
                 display.update(update)
         job = client.wait(job_id, presign_ttl=3600 if args.presigned else None)

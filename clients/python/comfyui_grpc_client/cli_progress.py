@@ -62,6 +62,9 @@ class ProgressDisplay:
         self._drawn = False
         self._last_plain: tuple[str, str, int] | None = None
         self._started = time.monotonic()
+        self._last: ProgressUpdate | None = None
+        self.preview_note = ""
+        """Shown after the bar: where the newest preview was written."""
 
     def update(self, update: ProgressUpdate) -> None:
         """Show one update. A caller that replays a job from its start passes
@@ -69,6 +72,7 @@ class ProgressDisplay:
         beginning."""
         if update.kind is EventKind.SNAPSHOT and not self.show_snapshot:
             return
+        self._last = update
         if self.tty:
             self._draw(update)
         else:
@@ -80,6 +84,8 @@ class ProgressDisplay:
         elapsed = time.monotonic() - self._started
         text = f"{self.label}[{bar}] {update.percent:3d}%  {_state(update.state):<9} "
         text += f"{describe(update)}  {elapsed:4.0f}s"
+        if self.preview_note:
+            text += f"  {self.preview_note}"
         columns = shutil.get_terminal_size((80, 24)).columns
         self.stream.write("\r\x1b[2K" + text[: max(10, columns - 1)])
         self.stream.flush()
@@ -108,6 +114,16 @@ class ProgressDisplay:
         line = f"{self.label}{update.percent:3d}% {_state(update.state)}"
         self.stream.write(f"{line} {detail}".rstrip() + "\n")
         self.stream.flush()
+
+    def previewed(self, note: str) -> None:
+        """Note a new preview: redrawn into the bar, or one plain line the first time."""
+        first = not self.preview_note
+        self.preview_note = note
+        if self.tty and self._last is not None:
+            self._draw(self._last)
+        elif not self.tty and first:
+            self.stream.write(f"{self.label}{note}\n")
+            self.stream.flush()
 
     def clear(self) -> None:
         """End the live line so the next output starts on a fresh one."""

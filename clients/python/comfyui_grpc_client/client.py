@@ -51,12 +51,13 @@ from .errors import (
     from_rpc_error,
 )
 from .models import Artifact, Job, JobState, Priority, Submission, UploadedInput, VideoFormat
-from .progress import ProgressFollower, ProgressUpdate
+from .progress import Preview, ProgressFollower, ProgressUpdate
 from .requests import image_request, video_request, workflow_request
 
 T = TypeVar("T")
 
 ProgressCallback = Callable[[ProgressUpdate], object]
+PreviewCallback = Callable[[Preview], object]
 """Called with each update; may be a plain function or a coroutine function."""
 
 DEFAULT_TIMEOUT = 30.0
@@ -352,6 +353,8 @@ class AsyncClient:
         request: pb.GenerateRequest,
         *,
         on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -362,9 +365,11 @@ class AsyncClient:
         """Submit, follow progress to the end, and return the stored outputs.
 
         ``on_progress`` sees every event once, in order, even across dropped
-        connections. ``timeout`` bounds the whole operation. Raises
-        :class:`JobFailedError`/:class:`JobCancelledError` when the job does
-        not succeed.
+        connections. ``on_preview`` (sync or async) gets the newest
+        intermediate image as it forms, at most ``preview_max_fps`` a second
+        (default 2); the ComfyUI must run with a preview method. ``timeout``
+        bounds the whole operation. Raises :class:`JobFailedError` /
+        :class:`JobCancelledError` when the job does not succeed.
         """
         deadline = _Deadline(timeout)
         submission = await self.submit(
@@ -375,10 +380,19 @@ class AsyncClient:
             retry_on_backend_loss=retry_on_backend_loss,
             timeout=_min(deadline.remaining(), self.timeout),
         )
-        updates = self.watch(submission.job_id, after_sequence=0, timeout=deadline.remaining())
+        updates = self.watch(
+            submission.job_id,
+            after_sequence=0,
+            timeout=deadline.remaining(),
+            include_previews=on_preview is not None,
+            preview_max_fps=preview_max_fps,
+        )
         async with contextlib.aclosing(updates):
             async for update in updates:
-                if on_progress is not None:
+                if update.preview is not None:
+                    if on_preview is not None:
+                        await _maybe_await(on_preview(update.preview))
+                elif on_progress is not None:
                     await _maybe_await(on_progress(update))
         job = await self.get_result(
             submission.job_id,
@@ -406,6 +420,8 @@ class AsyncClient:
         checkpoint: str = "",
         batch_size: int = 0,
         on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -430,6 +446,8 @@ class AsyncClient:
         return await self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,
@@ -453,6 +471,8 @@ class AsyncClient:
         motion_module: str = "",
         checkpoint: str = "",
         on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -478,6 +498,8 @@ class AsyncClient:
         return await self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,
@@ -500,6 +522,8 @@ class AsyncClient:
         after_sequence: int | None = None,
         resume: bool = True,
         timeout: float | None = None,
+        include_previews: bool = False,
+        preview_max_fps: float | None = None,
     ) -> AsyncGenerator[ProgressUpdate, None]:
         """Stream a job's progress until its final event.
 
@@ -507,12 +531,17 @@ class AsyncClient:
         after it are replayed first (0: all of them). When the connection
         drops, the stream is re-opened after the last event seen, so no event
         is missed or repeated. Leaving the loop early never cancels the job.
+        ``include_previews`` adds ``PREVIEW`` updates (``update.preview``):
+        the newest intermediate image, at most ``preview_max_fps`` a second
+        (server default 2, at most 10).
         """
         follower = ProgressFollower(job_id, after_sequence)
         deadline = _Deadline(timeout)
         failures = 0
         while True:
-            request = pb.StreamProgressRequest(job_id=job_id)
+            request = pb.StreamProgressRequest(job_id=job_id, include_previews=include_previews)
+            if include_previews and preview_max_fps is not None:
+                request.preview_max_fps = preview_max_fps
             resume_after = follower.resume_after
             if resume_after is not None:
                 request.after_sequence = resume_after

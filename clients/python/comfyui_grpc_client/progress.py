@@ -33,7 +33,34 @@ class EventKind(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PREVIEW = "preview"
     UNKNOWN = "unknown"
+
+
+_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A node's newest intermediate image (only on streams that asked for previews).
+
+    ``value``/``max`` are the node's step when the server knew it (else 0/0).
+    Previews are not events: they are never replayed and carry the sequence
+    of the event before them.
+    """
+
+    job_id: str
+    node_id: str
+    class_type: str
+    content_type: str
+    image: bytes = field(repr=False)
+    value: int = 0
+    max: int = 0
+
+    @property
+    def extension(self) -> str:
+        """``.jpg``, ``.png`` or ``.webp``: a file name suffix for the image."""
+        return _EXTENSIONS.get(self.content_type, ".bin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +92,8 @@ class ProgressUpdate:
     cached_node_ids: tuple[str, ...] = ()
     job: Job | None = None
     resumed: bool = False
+    preview: Preview | None = None
+    """Set on ``PREVIEW`` updates (see :meth:`AsyncClient.watch` ``include_previews``)."""
     raw: pb.ProgressEvent | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -113,6 +142,9 @@ class ProgressFollower:
             kind = EventKind(kind_name)
         except ValueError:
             kind = EventKind.UNKNOWN
+        if kind is EventKind.PREVIEW:
+            # Not an event: no sequence of its own, never a repeat, changes nothing.
+            return self._preview(event)
         if kind is EventKind.SNAPSHOT:
             if self.last_sequence is not None:
                 # A re-opened stream starts with a fresh snapshot; the caller
@@ -131,6 +163,25 @@ class ProgressFollower:
             self.finished = True
         self._resumed = False
         return update
+
+    def _preview(self, event: pb.ProgressEvent) -> ProgressUpdate:
+        p = event.preview
+        return ProgressUpdate(
+            job_id=self.job_id,
+            sequence=event.sequence,
+            kind=EventKind.PREVIEW,
+            state=self.state,
+            fraction=self.fraction,
+            node_id=self.node_id,
+            class_type=self.class_type,
+            value=self.value,
+            max=self.max,
+            event_time=timestamp(event.event_time, event.HasField("event_time")),
+            preview=Preview(
+                self.job_id, p.node_id, p.class_type, p.content_type, p.image, p.value, p.max
+            ),
+            raw=event,
+        )
 
     def _fold(self, kind: EventKind, event: pb.ProgressEvent) -> ProgressUpdate:
         artifact: Artifact | None = None

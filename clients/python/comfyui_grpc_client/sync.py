@@ -30,12 +30,13 @@ from .client import (
 )
 from .credentials import ConnectionConfig, TLSConfig
 from .models import Artifact, Job, JobState, Priority, Submission, UploadedInput, VideoFormat
-from .progress import ProgressUpdate
+from .progress import Preview, ProgressUpdate
 from .requests import image_request, video_request, workflow_request
 
 T = TypeVar("T")
 
 SyncProgressCallback = Callable[[ProgressUpdate], object]
+SyncPreviewCallback = Callable[[Preview], object]
 
 
 class _LoopThread:
@@ -251,6 +252,8 @@ class Client:
         request: pb.GenerateRequest,
         *,
         on_progress: SyncProgressCallback | None = None,
+        on_preview: SyncPreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -258,8 +261,8 @@ class Client:
         presign_ttl: float | None = None,
         timeout: float | None = None,
     ) -> SyncGenerationResult:
-        """Submit, follow to the end (``on_progress`` runs in this thread), and
-        return the outputs; raises JobFailedError/JobCancelledError."""
+        """Submit, follow to the end (``on_progress`` and ``on_preview`` run in
+        this thread), and return the outputs; raises JobFailedError/JobCancelledError."""
         deadline = _Deadline(timeout)
         submission = self.submit(
             request,
@@ -269,8 +272,18 @@ class Client:
             retry_on_backend_loss=retry_on_backend_loss,
             timeout=_min(deadline.remaining(), self.timeout),
         )
-        for update in self.watch(submission.job_id, after_sequence=0, timeout=deadline.remaining()):
-            if on_progress is not None:
+        updates = self.watch(
+            submission.job_id,
+            after_sequence=0,
+            timeout=deadline.remaining(),
+            include_previews=on_preview is not None,
+            preview_max_fps=preview_max_fps,
+        )
+        for update in updates:
+            if update.preview is not None:
+                if on_preview is not None:
+                    on_preview(update.preview)
+            elif on_progress is not None:
                 on_progress(update)
         job = self.wait(submission.job_id, timeout=deadline.remaining(), presign_ttl=presign_ttl)
         return SyncGenerationResult(raise_for_job(job), self, submission)
@@ -290,6 +303,8 @@ class Client:
         checkpoint: str = "",
         batch_size: int = 0,
         on_progress: SyncProgressCallback | None = None,
+        on_preview: SyncPreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -314,6 +329,8 @@ class Client:
         return self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,
@@ -337,6 +354,8 @@ class Client:
         motion_module: str = "",
         checkpoint: str = "",
         on_progress: SyncProgressCallback | None = None,
+        on_preview: SyncPreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -362,6 +381,8 @@ class Client:
         return self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,
@@ -383,10 +404,19 @@ class Client:
         after_sequence: int | None = None,
         resume: bool = True,
         timeout: float | None = None,
+        include_previews: bool = False,
+        preview_max_fps: float | None = None,
     ) -> Iterator[ProgressUpdate]:
         """Progress updates until the job's final event (see AsyncClient.watch)."""
         return self._loop.iterate(
-            self._async.watch(job_id, after_sequence=after_sequence, resume=resume, timeout=timeout)
+            self._async.watch(
+                job_id,
+                after_sequence=after_sequence,
+                resume=resume,
+                timeout=timeout,
+                include_previews=include_previews,
+                preview_max_fps=preview_max_fps,
+            )
         )
 
     def get_result(

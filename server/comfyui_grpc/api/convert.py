@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from ..jobs import events as ev
 from ..jobs.job import Job
 from ..jobs.model import Artifact, JobFailure, JobKind, JobState
+from ..jobs.previews import NodePreview
 from ..v1 import generation_service_pb2 as pb
 from ..v1 import job_pb2
 
@@ -107,6 +108,28 @@ def snapshot(j: Job) -> pb.ProgressEvent:
         state=view.state,
         event_time=timestamp(time.time()),
         snapshot=pb.JobSnapshot(job=view),
+    )
+
+
+def _uint32(value: int) -> int:
+    return min(max(0, value), 0xFFFFFFFF)
+
+
+def preview(j: Job, p: NodePreview) -> pb.ProgressEvent:
+    """A preview, stamped with the job's last sequence (it consumes none)."""
+    return pb.ProgressEvent(
+        job_id=j.job_id,
+        sequence=j.log.last_sequence,
+        state=STATES[j.state],
+        event_time=timestamp(time.time()),
+        preview=pb.NodePreview(
+            node_id=p.node_id,
+            class_type=p.class_type,
+            content_type=p.content_type,
+            image=p.image,
+            value=_uint32(p.value),
+            max=_uint32(p.max),
+        ),
     )
 
 

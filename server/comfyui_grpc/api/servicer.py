@@ -24,6 +24,7 @@ from ..errors import FieldViolation, GatewayError, InvalidArgument, NotFound
 from ..inputs import InputUploader
 from ..jobs.job import Job
 from ..jobs.model import JobState
+from ..jobs.previews import NodePreview, with_previews
 from ..jobs.service import JobService
 from ..observability.metrics import Metrics
 from ..v1 import generation_service_pb2 as pb
@@ -49,10 +50,24 @@ DEFAULT_CHUNK = 1024 * 1024
 MIN_CHUNK, MAX_CHUNK = 4 * 1024, 3 * 1024 * 1024
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 DEADLINE_MARGIN_SECONDS = 0.25
+DEFAULT_PREVIEW_FPS, MAX_PREVIEW_FPS = 2.0, 10.0
 
 
 async def _abort(context: Ctx, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _preview_fps(request: pb.StreamProgressRequest) -> float:
+    """The stream's preview rate; INVALID_ARGUMENT outside (0, 10]."""
+    if not request.HasField("preview_max_fps"):
+        return DEFAULT_PREVIEW_FPS
+    fps = request.preview_max_fps
+    if not 0 < fps <= MAX_PREVIEW_FPS:  # also false for NaN
+        raise InvalidArgument(
+            f"preview_max_fps must be above 0 and at most {MAX_PREVIEW_FPS:g}",
+            [FieldViolation("preview_max_fps", f"in (0, {MAX_PREVIEW_FPS:g}]; unset means 2")],
+        )
+    return fps
 
 
 def _guarded(
@@ -201,6 +216,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self, request: pb.StreamProgressRequest, context: Ctx
     ) -> AsyncIterator[pb.ProgressEvent]:
         async with _streaming_statuses(context, "StreamProgress"):
+            fps = _preview_fps(request)
             job = await self.service.find(request.job_id)
             after = request.after_sequence if request.HasField("after_sequence") else None
             # Snapshot and subscription are taken together, with no await between.
@@ -211,8 +227,17 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             self.metrics.active_streams.inc()
             try:
                 yield snapshot
-                async for event in subscription:
-                    yield convert.event(event)
+                if not request.include_previews:
+                    async for event in subscription:
+                        yield convert.event(event)
+                    return
+                merged = with_previews(subscription, job.preview, 1.0 / fps)
+                async with contextlib.aclosing(merged):
+                    async for item in merged:
+                        if isinstance(item, NodePreview):
+                            yield convert.preview(job, item)
+                        else:
+                            yield convert.event(item)
             finally:
                 subscription.close()
                 self.metrics.active_streams.dec()

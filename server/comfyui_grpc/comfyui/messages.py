@@ -1,9 +1,10 @@
 """ComfyUI WebSocket text messages, parsed once into small typed records.
 
-Only what the gateway acts on is kept. Unknown types yield None; binary
-frames (previews) are never parsed. Every field is checked: a frame of the
-wrong shape raises :class:`MalformedMessage` instead of a TypeError deep in
-the caller, so one bad frame costs one message, never the socket.
+Only what the gateway acts on is kept. Unknown types yield None. Binary
+frames (previews) are read by :mod:`.previews` into :class:`Preview`.
+Every field is checked: a frame of the wrong shape raises
+:class:`MalformedMessage` instead of a TypeError deep in the caller, so one
+bad frame costs one message, never the socket.
 """
 
 from __future__ import annotations
@@ -81,6 +82,30 @@ class ExecutionInterrupted:
     node_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureFlags:
+    """ComfyUI's answer to our ``feature_flags``: whether it sends preview metadata."""
+
+    supports_preview_metadata: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A node's intermediate image (a binary frame), attributed to its prompt.
+
+    ``prompt_id`` is empty when the frame could not be attributed (a type-1
+    frame before any message of a running prompt). ``value``/``max`` are the
+    node's step when known, else 0/0.
+    """
+
+    prompt_id: str
+    node: str
+    content_type: str
+    image: bytes
+    value: int = 0
+    max: int = 0
+
+
 Message = (
     Status
     | ExecutionStart
@@ -92,6 +117,8 @@ Message = (
     | ExecutionSuccess
     | ExecutionError
     | ExecutionInterrupted
+    | FeatureFlags
+    | Preview
 )
 
 
@@ -221,6 +248,9 @@ def parse(text: str | bytes) -> Message | None:
             return Executed(prompt_id, _opt_str(data, "node", kind), output or {})
         case "execution_success":
             return ExecutionSuccess(prompt_id)
+        case "feature_flags":
+            flag = data.get("supports_preview_metadata", False)
+            return FeatureFlags(supports_preview_metadata=flag is True)
         case "execution_error":
             return ExecutionError(
                 prompt_id,
@@ -247,5 +277,6 @@ _KNOWN = frozenset(
         "execution_success",
         "execution_error",
         "execution_interrupted",
+        "feature_flags",
     }
 )

@@ -11,6 +11,10 @@ prompt's ``client_id`` at that instant and replays nothing, so:
   against ``/history`` and ``/queue``;
 - a socket that stays silent after we expected a ``status`` broadcast is
   treated as deaf and reopened;
+- the first frame on every connection asks for preview metadata
+  (``feature_flags``); binary preview frames of either format are read by
+  :mod:`.previews`, attributed to their prompt and delivered as
+  :class:`~.messages.Preview`;
 - nothing ComfyUI sends is trusted: a frame of the wrong shape, or one the
   message handler chokes on, is reported and skipped, and a frame larger
   than ``max_message_bytes`` closes the connection (1009) and is reported;
@@ -35,7 +39,8 @@ from websockets.asyncio.client import ClientConnection
 
 from ..redact import redact_url
 from . import messages
-from .messages import MalformedMessage, Message
+from .messages import FeatureFlags, MalformedMessage, Message
+from .previews import FEATURE_FLAGS, PreviewAttribution, read_frame
 from .reporting import ProtocolErrors
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,9 @@ class ComfyUISocket:
         """Set while there is no connection (the complement of ``connected``)."""
         self.disconnected.set()
         self.reconnects = 0
+        self._previews = PreviewAttribution()
+        self.preview_metadata = False
+        """Whether ComfyUI said it sends previews with metadata (type 4) on this connection."""
 
     def expect_traffic(self) -> None:
         """Note that ComfyUI must broadcast soon (we just changed its queue)."""
@@ -117,6 +125,10 @@ class ComfyUISocket:
                 ) as connection:
                     self._connection = connection
                     self._expect_deadline = None
+                    self._previews.connected()
+                    self.preview_metadata = False
+                    # Must be the first frame: ComfyUI reads feature flags only then.
+                    await connection.send(FEATURE_FLAGS)
                     self.connected.set()
                     self.disconnected.clear()
                     first, self._first = self._first, False
@@ -156,8 +168,9 @@ class ComfyUISocket:
                 return
             self._expect_deadline = None
             if isinstance(frame, bytes):
-                continue
-            self._handle(frame)
+                self._handle_binary(frame)
+            else:
+                self._handle(frame)
 
     def _handle(self, frame: str) -> None:
         """Parse and deliver one text frame; a bad one is reported, never raised."""
@@ -168,12 +181,28 @@ class ComfyUISocket:
             return
         if message is None:
             return
+        if isinstance(message, FeatureFlags):
+            self.preview_metadata = message.supports_preview_metadata
+        self._deliver(self._previews.text(message))
+
+    def _handle_binary(self, frame: bytes) -> None:
+        """Read one binary frame; a preview is delivered, a malformed one reported."""
         try:
-            self._on_message(message)
-        except Exception as exc:  # the frame parsed, but its content broke the handler
-            self.errors.report(
-                "ws_unhandled", f"{type(message).__name__} could not be applied", exc_info=exc
-            )
+            preview = read_frame(frame)
+        except MalformedMessage as exc:
+            self.errors.report(f"ws_{exc.kind}", exc.detail)
+            return
+        if preview is not None:
+            self._deliver(self._previews.binary(preview))
+
+    def _deliver(self, batch: list[Message]) -> None:
+        for message in batch:
+            try:
+                self._on_message(message)
+            except Exception as exc:  # the frame parsed, but its content broke the handler
+                self.errors.report(
+                    "ws_unhandled", f"{type(message).__name__} could not be applied", exc_info=exc
+                )
 
     def _note_closed(self, exc: BaseException) -> None:
         """Report a connection we closed because ComfyUI sent a frame over the limit."""

@@ -16,6 +16,7 @@ from typing import Any
 from . import events as ev
 from .log import EventLog
 from .model import Artifact, JobFailure, JobKind, JobState, OutputFile, ProgressView
+from .previews import PreviewSlot
 from .progress import ProgressTracker
 
 Clock = Callable[[], float]
@@ -78,6 +79,8 @@ class Job:
         self.upload_start_time: float | None = None
         # Told of every event (the durable job store listens here).
         self.listener: Callable[[Job, ev.Event], None] | None = None
+        # The newest preview image (memory only, not an event; see previews.py).
+        self.preview = PreviewSlot()
 
     # -- views ---------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Job:
         if event.terminal:
             self.end_time = event.time
             self.queue_position = 0
+            self.preview.clear()
             self._done.set()
         return event
 

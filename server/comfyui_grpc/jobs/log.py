@@ -70,6 +70,26 @@ class Subscription:
             await self._wakeup.wait()
         return self._pending.popleft()
 
+    def poll(self) -> Event | None:
+        """The next pending event without waiting, or None."""
+        return self._pending.popleft() if self._pending else None
+
+    @property
+    def finished(self) -> bool:
+        """Closed and drained: nothing more will come."""
+        return self._closed and not self._pending
+
+    def nudge(self) -> None:
+        """Wake a :meth:`wait` with nothing new (another source has something)."""
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Until an event is pending, the subscription closes, or :meth:`nudge`."""
+        if self._pending or self._closed:
+            return
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
     def drain(self) -> list[Event]:
         """Everything pending now, without waiting (for batched writers)."""
         items = list(self._pending)

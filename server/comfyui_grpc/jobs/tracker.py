@@ -34,6 +34,7 @@ from .collector import ArtifactCollector
 from .job import Job
 from .manifest import write_manifest_quietly
 from .model import FailureReason, JobFailure, JobState
+from .previews import NodePreview
 from .registry import JobRegistry
 
 if TYPE_CHECKING:
@@ -185,6 +186,9 @@ class JobTracker:
                 )
             case m.ExecutionInterrupted() as interrupted:
                 self._interrupted(job, backend, interrupted.node_id, interrupted.node_type)
+            case m.Preview(node=node, content_type=kind, image=image, value=value, max=maximum):
+                cls = job.tracker.class_of(node)
+                job.preview.publish(NodePreview(node, cls, kind, image, value, maximum))
 
     def _interrupted(self, job: Job, backend: Backend, node_id: str, class_type: str) -> None:
         if job.cancel_requested:

@@ -10,7 +10,13 @@ import signal
 from pathlib import Path
 
 from .faults import Faults
-from .server import DEFAULT_CHECKPOINTS, DEFAULT_LORAS, DEFAULT_MOTION_MODULES, Simulator
+from .server import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_LORAS,
+    DEFAULT_MOTION_MODULES,
+    PREVIEW_METHODS,
+    Simulator,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"simulated LoRA file (repeatable; default: {', '.join(DEFAULT_LORAS)})",
     )
+    parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default="none",
+        help="like ComfyUI's: anything but none (the default) makes KSampler send a preview "
+        "image per step (TestSlowProgress send_preview sends them regardless)",
+    )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
         "--http-latency",
@@ -91,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TYPE",
         help="send WebSocket messages of this type (e.g. status, execution_cached; not_json "
-        "for garbage text) with data of the wrong shape (repeatable)",
+        "for garbage text; preview for binary preview frames) with data of the wrong shape "
+        "(repeatable)",
     )
     hostile.add_argument(
         "--http-malformed",
@@ -165,6 +179,7 @@ def simulator_from_args(args: argparse.Namespace) -> Simulator:
         loras=args.loras or DEFAULT_LORAS,
         time_scale=args.time_scale,
         input_dir=args.input_dir,
+        preview_method=args.preview_method,
     )
 
 

@@ -54,6 +54,8 @@ class Timing:
     step_seconds: Callable[[], float]
     time_scale: Callable[[], float]
     fail_node_class: Callable[[], str | None]
+    latent_previews: Callable[[], bool] = lambda: False
+    """Whether samplers render previews (ComfyUI's ``--preview-method`` is not none)."""
 
 
 class _Run:
@@ -76,6 +78,9 @@ class _Run:
 
     def time_scale(self) -> float:
         return self.executor.timing.time_scale()
+
+    def latent_previews(self) -> bool:
+        return self.executor.timing.latent_previews()
 
     async def sleep(self, seconds: float) -> None:
         flag = self.executor.interrupt_flag

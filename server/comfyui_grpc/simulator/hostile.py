@@ -9,6 +9,7 @@ numbers are strings, ids are objects. None of this runs unless a knob is set.
 from __future__ import annotations
 
 import json
+import struct
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -46,6 +47,17 @@ def malformed_message(event: str, data: Any) -> Any:
         case "execution_interrupted":
             return {"prompt_id": prompt_id, "node_id": {"x": 1}}
     return "malformed"
+
+
+def binary_frame(event: int, payload: bytes, faults: Faults) -> bytes:
+    """A binary frame; with ``preview`` in the malformed messages, previews lie.
+
+    A type-1 preview claims image format 9; a type-4 one claims more
+    metadata than the frame holds. Other binary frames are left alone.
+    """
+    if "preview" in faults.malformed_messages and event in (1, 4):
+        payload = b"\x00\x00\x00\x09" + payload[4:] if event == 1 else b"\x7f\xff\xff\xff"
+    return struct.pack(">I", event) + payload
 
 
 def message_text(event: str, data: Any, faults: Faults) -> str:

@@ -34,6 +34,7 @@ DEFAULT_CHECKPOINTS = (
 )
 DEFAULT_MOTION_MODULES = ("mm_sd_v15_v2.ckpt",)
 DEFAULT_LORAS = ("detail.safetensors", "watercolor.safetensors")
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
 
 class Simulator:
@@ -51,7 +52,12 @@ class Simulator:
         time_scale: float = 1.0,
         input_dir: Path | None = None,
         temp_dir: Path | None = None,
+        preview_method: str = "none",
     ) -> None:
+        if preview_method not in PREVIEW_METHODS:
+            raise ValueError(f"preview_method must be one of {', '.join(PREVIEW_METHODS)}")
+        self.preview_method = preview_method
+        """Like ComfyUI's ``--preview-method``: anything but none makes KSampler send previews."""
         self.faults = faults or Faults()
         self.step_seconds = step_seconds
         self.time_scale = time_scale
@@ -99,7 +105,12 @@ class Simulator:
         catalog = NodeCatalog(
             ALL_NODES, self.folders, self.checkpoints, self.motion_modules, self.loras
         )
-        timing = Timing(self._step_seconds, self._time_scale, lambda: self.faults.fail_node_class)
+        timing = Timing(
+            self._step_seconds,
+            self._time_scale,
+            lambda: self.faults.fail_node_class,
+            lambda: self.preview_method != "none",
+        )
         executor = Executor(queue, hub, catalog, self.folders, timing)
         hub.reconnect_node = executor.reconnect_node
         services = Services(

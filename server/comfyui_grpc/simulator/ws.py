@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +121,8 @@ class SocketHub:
             return
         try:
             if isinstance(event, int):
-                await sock.ws.send_bytes(struct.pack(">I", event) + bytes(data))
+                frame = hostile.binary_frame(event, bytes(data), self._get_faults())
+                await sock.ws.send_bytes(frame)
             else:
                 await sock.ws.send_str(hostile.message_text(event, data, self._get_faults()))
         except (ConnectionError, RuntimeError) as exc:

@@ -419,24 +419,43 @@ class StreamProgressRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    INCLUDE_PREVIEWS_FIELD_NUMBER: _builtins.int
+    PREVIEW_MAX_FPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     after_sequence: _builtins.int
     """Replay the events after this sequence number before following live;
     0 replays from the very start. Unset: the snapshot, then live events only.
+    """
+    include_previews: _builtins.bool
+    """Also send `NodePreview` events: the sampler's intermediate images, as
+    ComfyUI renders them (it must run with a preview method, e.g.
+    `--preview-method auto`). Off by default; a stream without it pays nothing.
+    """
+    preview_max_fps: _builtins.float
+    """At most this many previews per second on this stream, in (0, 10];
+    unset means 2. Only the newest preview is kept: a slow reader gets the
+    latest image, never a backlog, and previews never hold back other events.
     """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         after_sequence: _builtins.int | None = ...,
+        include_previews: _builtins.bool = ...,
+        preview_max_fps: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "_preview_max_fps", b"_preview_max_fps", "after_sequence", b"after_sequence", "preview_max_fps", b"preview_max_fps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "_preview_max_fps", b"_preview_max_fps", "after_sequence", b"after_sequence", "include_previews", b"include_previews", "job_id", b"job_id", "preview_max_fps", b"preview_max_fps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    _WhichOneofReturnType__preview_max_fps: _TypeAlias = _typing.Literal["preview_max_fps"]  # noqa: Y015
+    _WhichOneofArgType__preview_max_fps: _TypeAlias = _typing.Literal["_preview_max_fps", b"_preview_max_fps"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preview_max_fps) -> _WhichOneofReturnType__preview_max_fps | None: ...
 
 Global___StreamProgressRequest: _TypeAlias = StreamProgressRequest  # noqa: Y015
 
@@ -729,6 +748,49 @@ class JobCancelled(_message.Message):
 Global___JobCancelled: _TypeAlias = JobCancelled  # noqa: Y015
 
 @_typing.final
+class NodePreview(_message.Message):
+    """The newest intermediate image of a running node (only on streams that set
+    `include_previews`). Previews are not events of the job's log: they carry
+    no sequence of their own (`ProgressEvent.sequence` is the job's last event
+    sequence), are never stored and are never replayed by `after_sequence`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CLASS_TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    class_type: _builtins.str
+    content_type: _builtins.str
+    """`image/jpeg` or `image/png` (as ComfyUI encoded it; `image/webp` possible)."""
+    image: _builtins.bytes
+    """The encoded image, at most ComfyUI's `--preview-size` (512 px) a side."""
+    value: _builtins.int
+    """The node's step this image belongs to, when ComfyUI said (0/0 otherwise)."""
+    max: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        class_type: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        image: _builtins.bytes = ...,
+        value: _builtins.int = ...,
+        max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_type", b"class_type", "content_type", b"content_type", "image", b"image", "max", b"max", "node_id", b"node_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodePreview: _TypeAlias = NodePreview  # noqa: Y015
+
+@_typing.final
 class ProgressEvent(_message.Message):
     """One message of a StreamProgress stream."""
 
@@ -750,10 +812,13 @@ class ProgressEvent(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     sequence: _builtins.int
     """Per-job, strictly increasing, starting at 1. A snapshot carries the
-    sequence of the newest event it reflects (0 if none).
+    sequence of the newest event it reflects (0 if none); a `preview` carries
+    the sequence of the newest event sent before it (it consumes none, so
+    resuming with `after_sequence` stays exact).
     """
     state: _job_pb2.JobState.ValueType
     """The job's state after this event."""
@@ -783,6 +848,8 @@ class ProgressEvent(_message.Message):
     def failed(self) -> Global___JobFailed: ...
     @_builtins.property
     def cancelled(self) -> Global___JobCancelled: ...
+    @_builtins.property
+    def preview(self) -> Global___NodePreview: ...
     def __init__(
         self,
         *,
@@ -802,12 +869,13 @@ class ProgressEvent(_message.Message):
         succeeded: Global___JobSucceeded | None = ...,
         failed: Global___JobFailed | None = ...,
         cancelled: Global___JobCancelled | None = ...,
+        preview: Global___NodePreview | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_stored", b"artifact_stored", "cancelled", b"cancelled", "event", b"event", "event_time", b"event_time", "failed", b"failed", "node_finished", b"node_finished", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "queued", b"queued", "snapshot", b"snapshot", "started", b"started", "succeeded", b"succeeded", "uploading", b"uploading"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_stored", b"artifact_stored", "cancelled", b"cancelled", "event", b"event", "event_time", b"event_time", "failed", b"failed", "node_finished", b"node_finished", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "preview", b"preview", "queued", b"queued", "snapshot", b"snapshot", "started", b"started", "succeeded", b"succeeded", "uploading", b"uploading"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_stored", b"artifact_stored", "cancelled", b"cancelled", "event", b"event", "event_time", b"event_time", "failed", b"failed", "job_id", b"job_id", "node_finished", b"node_finished", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "queued", b"queued", "sequence", b"sequence", "snapshot", b"snapshot", "started", b"started", "state", b"state", "succeeded", b"succeeded", "uploading", b"uploading"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_stored", b"artifact_stored", "cancelled", b"cancelled", "event", b"event", "event_time", b"event_time", "failed", b"failed", "job_id", b"job_id", "node_finished", b"node_finished", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "preview", b"preview", "queued", b"queued", "sequence", b"sequence", "snapshot", b"snapshot", "started", b"started", "state", b"state", "succeeded", b"succeeded", "uploading", b"uploading"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "queued", "started", "node_started", "node_progress", "nodes_cached", "node_finished", "uploading", "artifact_stored", "succeeded", "failed", "cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "queued", "started", "node_started", "node_progress", "nodes_cached", "node_finished", "uploading", "artifact_stored", "succeeded", "failed", "cancelled", "preview"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

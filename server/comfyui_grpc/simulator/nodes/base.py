@@ -40,6 +40,10 @@ class NodeContext(Protocol):
         """Multiplier for durations a node is given explicitly (TestSlowProgress)."""
         ...
 
+    def latent_previews(self) -> bool:
+        """Whether samplers send a preview per step (a ``--preview-method`` other than none)."""
+        ...
+
     async def sleep(self, seconds: float) -> None:
         """Sleep, raising the interrupt exception as soon as /interrupt arrives."""
         ...

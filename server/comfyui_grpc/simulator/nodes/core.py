@@ -15,7 +15,8 @@ from typing import Any
 from PIL import Image
 
 from ..files import Folders
-from .base import NodeContext, NodeDef, NodeOutput
+from .base import NodeContext, NodeDef, NodeOutput, Preview
+from .encoders import jpeg_preview
 from .values import Handle, Images, Latent, Picture, derive_seed
 
 
@@ -99,11 +100,21 @@ async def ksampler(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:
     steps = int(inputs["steps"])
     for step in range(steps):
         await ctx.sleep(ctx.step_seconds())
-        await ctx.progress(step + 1, steps)
+        preview = None
+        if ctx.latent_previews():  # latent2rgb-style: a JPEG at latent size
+            shade = int(255 * (step + 1) / steps)
+            image = jpeg_preview(shade, shade // 2, 255 - shade, *_preview_size(latent))
+            preview = Preview("JPEG", image)
+        await ctx.progress(step + 1, steps, preview)
     seed = int(inputs["seed"])
     if latent.seed:  # image-to-image: the result depends on the encoded image too
         seed = derive_seed(latent.seed, str(seed))
     return NodeOutput((Latent(latent.width, latent.height, latent.batch, seed),))
+
+
+def _preview_size(latent: Latent) -> tuple[int, int]:
+    """ComfyUI's latent previews are latent-sized (1/8), at most 512 a side."""
+    return (max(8, min(512, latent.width // 8)), max(8, min(512, latent.height // 8)))
 
 
 async def vae_decode(ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeOutput:

@@ -11,10 +11,11 @@ from PIL import Image
 from ..media import Frame
 
 
-def jpeg_preview(red: int, green: int, blue: int, size: int = 64) -> bytes:
-    """A small solid JPEG, like the previews TestSlowProgress sends."""
+def jpeg_preview(red: int, green: int, blue: int, width: int = 64, height: int = 0) -> bytes:
+    """A small solid JPEG, like the previews TestSlowProgress sends (square unless ``height``)."""
     out = io.BytesIO()
-    Image.new("RGB", (size, size), (red, green, blue)).save(out, format="JPEG", quality=95)
+    image = Image.new("RGB", (width, height or width), (red, green, blue))
+    image.save(out, format="JPEG", quality=95)
     return out.getvalue()
 
 
