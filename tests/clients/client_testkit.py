@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import io
 import os
+import shutil
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,13 +31,18 @@ except ImportError:  # pragma: no cover - tests/ became a package
     from tests.testkit import gateway_settings, require_tool
 
 __all__ = [
+    "EXAMPLE_TEMPLATES",
     "Certificates",
     "CuttingProxy",
     "make_certificates",
+    "png_bytes",
     "require_tool",
     "secured_gateway",
     "slow_workflow",
+    "templated_gateway",
 ]
+
+EXAMPLE_TEMPLATES = Path(__file__).resolve().parents[2] / "examples" / "templates"
 
 FRAME_HEADERS = 0x1
 
@@ -280,6 +287,29 @@ async def secured_gateway(
         yield gateway
     finally:
         await gateway.stop(grace=0)
+
+
+@contextlib.asynccontextmanager
+async def templated_gateway(comfyui_url: str, directory: Path) -> AsyncIterator[Gateway]:
+    """The gateway serving a copy of examples/templates (sdxl-lora, image-to-image)."""
+    templates = directory / "templates"
+    shutil.copytree(EXAMPLE_TEMPLATES, templates)
+    gateway = Gateway(gateway_settings(directory, comfyui_url, templates_dir=str(templates)))
+    await gateway.start()
+    try:
+        assert await gateway.wait_backends(10.0), "the gateway never connected to ComfyUI"
+        yield gateway
+    finally:
+        await gateway.stop(grace=1.0)
+
+
+def png_bytes(width: int = 96, height: int = 64) -> bytes:
+    """A small solid PNG to send as an input image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

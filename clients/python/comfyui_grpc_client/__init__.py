@@ -57,13 +57,24 @@ from .models import (
     JobKind,
     JobProgress,
     JobState,
+    ModelFile,
+    ModelFolder,
+    ParameterType,
     Priority,
     Submission,
+    Template,
+    TemplateParameter,
     UploadedInput,
     VideoFormat,
 )
 from .progress import EventKind, Preview, ProgressUpdate
-from .requests import image_request, video_request, workflow_request
+from .requests import (
+    image_request,
+    template_request,
+    template_value,
+    video_request,
+    workflow_request,
+)
 from .sync import Client, SyncGenerationResult, SyncJobHandle
 
 __all__ = [
@@ -91,7 +102,10 @@ __all__ = [
     "JobPage",
     "JobProgress",
     "JobState",
+    "ModelFile",
+    "ModelFolder",
     "NotFoundError",
+    "ParameterType",
     "PermissionDeniedError",
     "Preview",
     "PreviewCallback",
@@ -105,6 +119,8 @@ __all__ = [
     "SyncGenerationResult",
     "SyncJobHandle",
     "TLSConfig",
+    "Template",
+    "TemplateParameter",
     "UnauthenticatedError",
     "UnavailableError",
     "UploadedInput",
@@ -112,6 +128,8 @@ __all__ = [
     "from_rpc_error",
     "image_request",
     "new_request_id",
+    "template_request",
+    "template_value",
     "video_request",
     "workflow_request",
 ]

@@ -50,9 +50,19 @@ from .errors import (
     UnavailableError,
     from_rpc_error,
 )
-from .models import Artifact, Job, JobState, Priority, Submission, UploadedInput, VideoFormat
+from .models import (
+    Artifact,
+    Job,
+    JobState,
+    ModelFolder,
+    Priority,
+    Submission,
+    Template,
+    UploadedInput,
+    VideoFormat,
+)
 from .progress import Preview, ProgressFollower, ProgressUpdate
-from .requests import image_request, video_request, workflow_request
+from .requests import image_request, template_request, video_request, workflow_request
 
 T = TypeVar("T")
 
@@ -513,6 +523,95 @@ class AsyncClient:
         """Run a raw ComfyUI API-format workflow (see :meth:`generate`)."""
         return await self.generate(workflow_request(graph), **kwargs)
 
+    async def generate_from_template(
+        self,
+        name: str,
+        version: int = 0,
+        *,
+        params: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+        **values: Any,
+    ) -> GenerationResult:
+        """Run a named template (see :meth:`list_templates`) and return its outputs.
+
+        Parameters are keyword arguments (``prompt="a fox", steps=20``), or
+        ``params={...}`` for names that clash with this method's own. An image
+        parameter takes a :class:`~pathlib.Path` or ``bytes`` (sent inline, at
+        most 8 MiB), an :class:`Artifact` of an earlier job, an
+        :class:`UploadedInput`, or the ``image`` name ``upload_input``
+        returned as a ``str``. ``version`` 0 runs the newest. Mistakes raise
+        :class:`InvalidArgumentError` naming ``template.params.<name>``; an
+        unknown template or version :class:`NotFoundError`.
+        """
+        merged = _merge_params(params, values)
+        request = await asyncio.to_thread(template_request, name, version, merged)
+        return await self.generate(
+            request,
+            on_progress=on_progress,
+            request_id=request_id,
+            labels=labels,
+            priority=priority,
+            presign_ttl=presign_ttl,
+            timeout=timeout,
+        )
+
+    # -- templates and models ----------------------------------------------------
+
+    async def list_templates(
+        self, *, all_versions: bool = False, timeout: float | None = None
+    ) -> list[Template]:
+        """Every template the gateway serves (built-in and from its templates
+        directory), by name, newest version first; ``all_versions`` lists the
+        older loaded versions too."""
+        found: list[Template] = []
+        token = ""
+        while True:
+            response = await self._templates_page(token, all_versions, timeout)
+            found.extend(Template.from_proto(t) for t in response.templates)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    async def _templates_page(
+        self, token: str, all_versions: bool, timeout: float | None
+    ) -> pb.ListTemplatesResponse:
+        request = pb.ListTemplatesRequest(page_token=token, all_versions=all_versions)
+        response, _ = await self._unary(
+            lambda t: self.stub.ListTemplates(request, timeout=t, metadata=self._md()),
+            self._deadline(timeout, self.timeout),
+        )
+        return response
+
+    async def get_template(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> Template:
+        """One template with its parameters (version 0: the newest); raises
+        NotFoundError for an unknown name or version."""
+        request = pb.GetTemplateRequest(name=name, version=version)
+        response, _ = await self._unary(
+            lambda t: self.stub.GetTemplate(request, timeout=t, metadata=self._md()),
+            self._deadline(timeout, self.timeout),
+        )
+        return Template.from_proto(response)
+
+    async def list_models(
+        self, folder: str = "", *, timeout: float | None = None
+    ) -> list[ModelFolder]:
+        """The model files the connected backends hold, by folder (only
+        ``folder`` when given, e.g. ``loras``), each with the backends that
+        have it."""
+        request = pb.ListModelsRequest(folder=folder)
+        response, _ = await self._unary(
+            lambda t: self.stub.ListModels(request, timeout=t, metadata=self._md()),
+            self._deadline(timeout, self.timeout),
+        )
+        return [ModelFolder.from_proto(f) for f in response.folders]
+
     # -- following ---------------------------------------------------------------
 
     async def watch(
@@ -866,6 +965,16 @@ def _target(artifact: Artifact, dest: Path) -> _Target:
     if dest.is_dir():
         return _Target(dest, files.job_file_name(artifact.job_id, artifact.filename), True)
     return _Target(dest.parent, dest.name, False)
+
+
+def _merge_params(params: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``params=`` and keyword parameters together; a name given twice is a mistake."""
+    merged = dict(params or {})
+    twice = sorted(set(merged) & set(values))
+    if twice:
+        raise TypeError(f"template parameter(s) given twice: {', '.join(twice)}")
+    merged.update(values)
+    return merged
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import job_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 
 class JobState(enum.IntEnum):
@@ -173,6 +174,13 @@ class Job:
     backend: str = ""
     sequence: int = 0
     cancel_requested: bool = False
+    template: str = ""
+    """The template the job was made from (``text-to-image``/``video`` for the
+    typed requests); empty for a raw workflow."""
+    template_version: int = 0
+    template_params: dict[str, Any] = field(default_factory=dict)
+    """Every parameter's value as used: defaults and random seeds filled in,
+    inline images as the name they were uploaded under."""
     raw: job_pb2.Job | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -201,6 +209,9 @@ class Job:
             backend=message.backend,
             sequence=message.sequence,
             cancel_requested=message.cancel_requested,
+            template=message.template,
+            template_version=message.template_version,
+            template_params=_struct_dict(message.template_params),
             raw=message,
         )
 
@@ -227,3 +238,146 @@ class UploadedInput:
     subfolder: str
     backends: tuple[str, ...]
     size_bytes: int
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like data with whole numbers as ints: a ``Struct`` carries every
+    number as a double, but seeds and steps are whole numbers to callers."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _struct_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    value: dict[str, Any] = _plain(json_format.MessageToDict(message))
+    return value
+
+
+def _value(message: struct_pb2.Value) -> Any:
+    return _plain(json_format.MessageToDict(message))
+
+
+class ParameterType(enum.IntEnum):
+    """The kind of value a template parameter takes."""
+
+    UNSPECIFIED = pb.PARAMETER_TYPE_UNSPECIFIED
+    STRING = pb.PARAMETER_TYPE_STRING
+    INT = pb.PARAMETER_TYPE_INT
+    FLOAT = pb.PARAMETER_TYPE_FLOAT
+    BOOL = pb.PARAMETER_TYPE_BOOL
+    ENUM = pb.PARAMETER_TYPE_ENUM
+    SEED = pb.PARAMETER_TYPE_SEED
+    MODEL = pb.PARAMETER_TYPE_MODEL
+    IMAGE = pb.PARAMETER_TYPE_IMAGE
+
+    @classmethod
+    def parse(cls, value: int) -> ParameterType:
+        """An enum member, or UNSPECIFIED for a type a newer server added."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateParameter:
+    """One named input of a template. ``default`` is None when there is none
+    (``has_default`` tells a null default apart)."""
+
+    name: str
+    type: ParameterType
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    has_default: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] = ()
+    """ENUM: the allowed values. MODEL: the files of ``folder`` some backend has."""
+    folder: str = ""
+
+    @classmethod
+    def from_proto(cls, message: pb.TemplateParameter) -> TemplateParameter:
+        present = message.HasField("default_value")
+        return cls(
+            name=message.name,
+            type=ParameterType.parse(message.type),
+            description=message.description,
+            required=message.required,
+            default=_value(message.default_value) if present else None,
+            has_default=present,
+            min=message.min if message.HasField("min") else None,
+            max=message.max if message.HasField("max") else None,
+            values=tuple(message.values),
+            folder=message.folder,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A workflow callers run by name with typed parameters."""
+
+    name: str
+    version: int
+    description: str = ""
+    parameters: tuple[TemplateParameter, ...] = ()
+    outputs: tuple[str, ...] = ()
+    """The node ids whose files become artifacts; empty: every output node."""
+    runnable: bool = False
+    """Whether a connected backend can run it now."""
+    unrunnable_reason: str = ""
+    built_in: bool = False
+    raw: pb.Template | None = field(default=None, repr=False, compare=False)
+
+    def parameter(self, name: str) -> TemplateParameter:
+        """The parameter called ``name``; KeyError naming the known ones otherwise."""
+        for param in self.parameters:
+            if param.name == name:
+                return param
+        known = ", ".join(p.name for p in self.parameters) or "none"
+        raise KeyError(f"{self.name} has no parameter {name!r} (it has: {known})")
+
+    @classmethod
+    def from_proto(cls, message: pb.Template) -> Template:
+        return cls(
+            name=message.name,
+            version=message.version,
+            description=message.description,
+            parameters=tuple(TemplateParameter.from_proto(p) for p in message.parameters),
+            outputs=tuple(message.outputs),
+            runnable=message.runnable,
+            unrunnable_reason=message.unrunnable_reason,
+            built_in=message.built_in,
+            raw=message,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A model file and the backends (base URLs) that hold it."""
+
+    name: str
+    backends: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    """The files of one model folder, e.g. ``checkpoints``."""
+
+    name: str
+    files: tuple[ModelFile, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.files)
+
+    @classmethod
+    def from_proto(cls, message: pb.ModelFolder) -> ModelFolder:
+        return cls(
+            name=message.name,
+            files=tuple(ModelFile(f.name, tuple(f.backends)) for f in message.files),
+        )

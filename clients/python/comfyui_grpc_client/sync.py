@@ -25,13 +25,24 @@ from .client import (
     JobPage,
     RetryPolicy,
     _Deadline,
+    _merge_params,
     _min,
     raise_for_job,
 )
 from .credentials import ConnectionConfig, TLSConfig
-from .models import Artifact, Job, JobState, Priority, Submission, UploadedInput, VideoFormat
+from .models import (
+    Artifact,
+    Job,
+    JobState,
+    ModelFolder,
+    Priority,
+    Submission,
+    Template,
+    UploadedInput,
+    VideoFormat,
+)
 from .progress import Preview, ProgressUpdate
-from .requests import image_request, video_request, workflow_request
+from .requests import image_request, template_request, video_request, workflow_request
 
 T = TypeVar("T")
 
@@ -394,6 +405,55 @@ class Client:
         self, graph: Mapping[str, Any] | str, **kwargs: Any
     ) -> SyncGenerationResult:
         return self.generate(workflow_request(graph), **kwargs)
+
+    def generate_from_template(
+        self,
+        name: str,
+        version: int = 0,
+        *,
+        params: Mapping[str, Any] | None = None,
+        on_progress: SyncProgressCallback | None = None,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
+        presign_ttl: float | None = None,
+        timeout: float | None = None,
+        **values: Any,
+    ) -> SyncGenerationResult:
+        """Run a named template with keyword parameters (or ``params={...}``);
+        see :meth:`AsyncClient.generate_from_template` for what an image
+        parameter takes (a ``Path``/``bytes`` is sent inline, an ``Artifact``
+        chains an earlier job's output, a ``str`` is an uploaded image name)."""
+        request = template_request(name, version, _merge_params(params, values))
+        return self.generate(
+            request,
+            on_progress=on_progress,
+            request_id=request_id,
+            labels=labels,
+            priority=priority,
+            presign_ttl=presign_ttl,
+            timeout=timeout,
+        )
+
+    # -- templates and models ----------------------------------------------------
+
+    def list_templates(
+        self, *, all_versions: bool = False, timeout: float | None = None
+    ) -> list[Template]:
+        """Every template the gateway serves, newest version of each first."""
+        return self._loop.run(
+            self._async.list_templates(all_versions=all_versions, timeout=timeout)
+        )
+
+    def get_template(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> Template:
+        """One template with its parameters (version 0: the newest)."""
+        return self._loop.run(self._async.get_template(name, version, timeout=timeout))
+
+    def list_models(self, folder: str = "", *, timeout: float | None = None) -> list[ModelFolder]:
+        """The model files the backends hold, by folder (only ``folder`` when given)."""
+        return self._loop.run(self._async.list_models(folder, timeout=timeout))
 
     # -- following and managing --------------------------------------------------
 
