@@ -93,17 +93,31 @@ async def test_state_names_are_lowercase_everywhere(gateway: Gateway) -> None:
     assert f"{job_id}  succeeded" in out
 
 
-@pytest.mark.parametrize("command", ["generate", "jobs", "watch", "cancel", "result", "upload"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "generate",
+        "jobs",
+        "watch",
+        "cancel",
+        "result",
+        "upload",
+        "templates",
+        "templates show",
+        "models",
+    ],
+)
 async def test_every_command_documents_exit_codes_and_every_option(command: str) -> None:
-    code, out, _ = await run_cli(command, "--help")
+    code, out, _ = await run_cli(*command.split(), "--help")
     assert code == 0
     assert "Exit codes: 0 ok, 1 call failed" in " ".join(out.split())
-    subparsers = next(
-        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
-    )
+    parser = build_parser()
+    for word in command.split():
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = subparsers.choices[word]
     undocumented = [
         action.option_strings[0]
-        for action in subparsers.choices[command]._actions
+        for action in parser._actions
         if action.option_strings and not action.help
     ]
     assert undocumented == []

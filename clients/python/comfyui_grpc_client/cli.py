@@ -1,7 +1,8 @@
 """The ``comfyui-grpc`` command.
 
 Client commands (``generate``, ``jobs``, ``watch``, ``cancel``, ``result``,
-``upload``) run on the SDK's blocking :class:`~.sync.Client`. Server
+``upload``, ``templates``, ``models``) run on the SDK's blocking
+:class:`~.sync.Client`. Server
 commands (``serve``, ``dev``, ``simulator``) need the ``server`` extra and
 are handed to :mod:`comfyui_grpc.cli`.
 
@@ -37,10 +38,10 @@ from .credentials import (
     TLSConfig,
 )
 from .errors import GenerationError, JobCancelledError, JobFailedError, UnavailableError
-from .models import Artifact, Job, JobState, Priority, VideoFormat
+from .models import Artifact, Job, JobState, ParameterType, Priority, Template, VideoFormat
 from .preview_files import PreviewFiles
 from .progress import EventKind, ProgressUpdate
-from .requests import image_request, video_request
+from .requests import image_request, template_request, video_request
 from .sync import Client
 
 SERVER_COMMANDS = frozenset({"serve", "dev", "simulator"})
@@ -137,6 +138,27 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _param(text: str) -> tuple[str, Any]:
+    """NAME=VALUE for a template parameter. VALUE is JSON when it parses as
+    JSON (``30``, ``0.5``, ``true``, ``"quoted text"``), else the text itself;
+    ``@path`` is a file sent inline (an image)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE, e.g. steps=30")
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(
+                f"{key}: {raw[1:]!r} is not a readable file (write a text starting with @ "
+                f"as a JSON string: {key}='\"{raw}\"')"
+            )
+        return key, path
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
 def _state(text: str) -> JobState:
     try:
         return JobState[text.upper()]
@@ -213,8 +235,36 @@ def build_parser() -> argparse.ArgumentParser:
         client_commands.append(sub)
         return sub
 
-    gen = command("generate", "generate an image (or --video), show progress, save the outputs")
-    gen.add_argument("prompt", help="what to draw")
+    gen = command(
+        "generate",
+        "generate an image (or --video, or from a --template), show progress, save the outputs",
+    )
+    gen.add_argument(
+        "prompt", nargs="?", default=None, help="what to draw (with --template: its prompt)"
+    )
+    gen.add_argument(
+        "--template",
+        metavar="NAME",
+        default=None,
+        help="run this workflow template (`comfyui-grpc templates` lists them) with -p values",
+    )
+    gen.add_argument(
+        "--template-version",
+        metavar="N",
+        type=_non_negative,
+        default=0,
+        help="the template's version (default: the newest)",
+    )
+    gen.add_argument(
+        "-p",
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template parameter; repeatable. VALUE is JSON when it parses (30, 0.5, true), "
+        "else text; @FILE sends a file inline (an image, at most 8 MiB)",
+    )
     gen.add_argument("--negative", default="", help="what to avoid")
     gen.add_argument("--video", action="store_true", help="make an AnimateDiff video")
     gen.add_argument("--frames", type=_positive, default=0, help="video frames (default 16)")
@@ -334,6 +384,32 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--json", action="store_true", help="print JSON")
     upload.set_defaults(handler=cmd_upload)
 
+    templates = command("templates", "list the workflow templates the gateway serves")
+    templates.add_argument(
+        "--all-versions", action="store_true", help="every loaded version, not only the newest"
+    )
+    templates.add_argument("--json", action="store_true", help="print JSON")
+    templates.set_defaults(handler=cmd_templates)
+    show_commands = templates.add_subparsers(dest="templates_command", metavar="SUBCOMMAND")
+    show_text = "show one template and its parameters"
+    show = show_commands.add_parser(
+        "show", help=show_text, description=show_text, epilog=EXIT_CODES
+    )
+    client_commands.append(show)
+    show.add_argument("name", help="the template's name")
+    show.add_argument(
+        "--version", type=_non_negative, default=0, help="which version (default: the newest)"
+    )
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    show.set_defaults(handler=cmd_template_show)
+
+    models = command("models", "list the model files the ComfyUI backends hold")
+    models.add_argument(
+        "--folder", default="", help="only this folder, e.g. loras (default: every folder)"
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(handler=cmd_models)
+
     for sub in client_commands:
         _connection_options(sub, suppress=True)
     for name, text in (
@@ -414,7 +490,58 @@ def _print_artifacts(
 # -- commands ----------------------------------------------------------------------
 
 
+# Options of the built-in text-to-image/video request, which a template replaces with -p.
+BUILT_IN_ONLY = (
+    ("negative", "--negative", ""),
+    ("video", "--video", False),
+    ("frames", "--frames", 0),
+    ("fps", "--fps", None),
+    ("format", "--format", None),
+    ("size", "--size", None),
+    ("steps", "--steps", 0),
+    ("cfg", "--cfg", None),
+    ("seed", "--seed", None),
+    ("sampler", "--sampler", ""),
+    ("scheduler", "--scheduler", ""),
+    ("checkpoint", "--checkpoint", ""),
+    ("batch", "--batch", 0),
+)
+
+
+class UsageError(Exception):
+    """A mistake in the command line found after parsing: exit 2."""
+
+
+def _template_request(args: argparse.Namespace) -> Any:
+    clashes = [flag for attr, flag, unset in BUILT_IN_ONLY if getattr(args, attr) != unset]
+    if clashes:
+        raise UsageError(
+            f"{', '.join(clashes)} cannot be used with --template: set the template's "
+            f"parameters with -p NAME=VALUE (`comfyui-grpc templates show {args.template}` "
+            "lists them)"
+        )
+    params: dict[str, Any] = {}
+    for key, value in args.param:
+        if key in params:
+            raise UsageError(f"-p {key} is given twice")
+        params[key] = value
+    if args.prompt is not None:
+        if "prompt" in params:
+            raise UsageError("the prompt is given twice: as PROMPT and as -p prompt=...")
+        params["prompt"] = args.prompt
+    try:
+        return template_request(args.template, args.template_version, params)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _request(args: argparse.Namespace) -> Any:
+    if args.template is not None:
+        return _template_request(args)
+    if args.param or args.template_version:
+        raise UsageError("-p and --template-version need --template NAME")
+    if args.prompt is None:
+        raise UsageError("what should it draw? give a PROMPT (or --template NAME with -p values)")
     width, height = args.size or (0, 0)
     if args.video:
         return video_request(
@@ -480,7 +607,11 @@ def _interrupted(client: Client, console: Console, job_id: str, policy: str) -> 
 
 
 def cmd_generate(client: Client, args: argparse.Namespace, console: Console) -> int:
-    request = _request(args)
+    try:
+        request = _request(args)
+    except UsageError as exc:
+        console.note(f"comfyui-grpc generate: error: {exc}")
+        return EXIT_USAGE
     request_id = args.request_id or new_request_id()
     display = None if args.quiet else ProgressDisplay(console.err, show_snapshot=False)
     started = time.monotonic()
@@ -685,6 +816,111 @@ def cmd_upload(client: Client, args: argparse.Namespace, console: Console) -> in
         )
     else:
         console.print(f"uploaded {uploaded.size_bytes} bytes as {uploaded.image}")
+    return EXIT_OK
+
+
+def _rows(console: Console, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain table: columns padded to their widest cell, the last one not."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        console.print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    value: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return value
+
+
+def _template_dict(template: Template) -> dict[str, Any]:
+    if template.raw is None:
+        return {"name": template.name, "version": template.version}
+    return _message_dict(template.raw)
+
+
+def cmd_templates(client: Client, args: argparse.Namespace, console: Console) -> int:
+    templates = client.list_templates(all_versions=args.all_versions)
+    if args.json:
+        console.json([_template_dict(t) for t in templates])
+        return EXIT_OK
+    if not templates:
+        console.note("no templates")
+        return EXIT_OK
+    rows = [
+        [
+            t.name,
+            str(t.version),
+            "yes" if t.runnable else "no",
+            "built-in" if t.built_in else "file",
+            t.description
+            if t.runnable
+            else f"{t.description} (not runnable: {t.unrunnable_reason})",
+        ]
+        for t in templates
+    ]
+    _rows(console, ["NAME", "VERSION", "RUNNABLE", "SOURCE", "DESCRIPTION"], rows)
+    return EXIT_OK
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is None and high is None:
+        return ""
+    return f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'}"
+
+
+def cmd_template_show(client: Client, args: argparse.Namespace, console: Console) -> int:
+    template = client.get_template(args.name, args.version)
+    if getattr(args, "json", False):
+        console.json(_template_dict(template))
+        return EXIT_OK
+    source = "built-in" if template.built_in else "file"
+    state = "runnable" if template.runnable else f"not runnable: {template.unrunnable_reason}"
+    console.print(f"{template.name} version {template.version} ({source}, {state})")
+    if template.description:
+        console.print(template.description)
+    if template.outputs:
+        console.print(f"outputs: nodes {', '.join(template.outputs)}")
+    console.print()
+    rows = []
+    for param in template.parameters:
+        kind = param.type.name.lower()
+        if param.type is ParameterType.MODEL and param.folder:
+            kind += f" ({param.folder})"
+        if param.required:
+            default = "(required)"
+        elif param.has_default:
+            default = _shown(param.default)
+        else:
+            default = "(random)" if param.type is ParameterType.SEED else ""
+        allowed = ", ".join(param.values) or _bounds(param.min, param.max)
+        rows.append([param.name, kind, default, param.description, allowed])
+    _rows(console, ["PARAMETER", "TYPE", "DEFAULT", "DESCRIPTION", "ALLOWED"], rows)
+    return EXIT_OK
+
+
+def cmd_models(client: Client, args: argparse.Namespace, console: Console) -> int:
+    folders = client.list_models(args.folder)
+    if args.json:
+        console.json(
+            [
+                {
+                    "name": f.name,
+                    "files": [{"name": m.name, "backends": list(m.backends)} for m in f.files],
+                }
+                for f in folders
+            ]
+        )
+        return EXIT_OK
+    rows = [[f.name, m.name, ", ".join(m.backends)] for f in folders for m in f.files]
+    if not rows:
+        where = f" in {args.folder}" if args.folder else ""
+        console.note(f"no model files{where} on the connected backends")
+        return EXIT_OK
+    _rows(console, ["FOLDER", "FILE", "BACKENDS"], rows)
     return EXIT_OK
 
 
