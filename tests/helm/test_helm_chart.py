@@ -26,6 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "comfyui-grpc"
 RELEASE = "demo"
 NAMESPACE = "ai"
+EXAMPLE_TEMPLATES = {
+    path.name: path.read_text() for path in sorted((REPO_ROOT / "examples" / "templates").iterdir())
+}
 
 # The value sets every structural test runs on: the defaults and the deployments
 # docs/deploy.md describes.
@@ -69,6 +72,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "auth": {"enabled": False},
         "gateway": {"insecure": True},
         "networkPolicy": {"enabled": False},
+    },
+    # Workflow templates given inline: the repository's examples, graph file included.
+    "templates-inline": {"templates": {"files": EXAMPLE_TEMPLATES}},
+    # Workflow templates from a ConfigMap the operator manages.
+    "templates-existing-configmap": {
+        "templates": {"existingConfigMap": "studio-templates", "mountPath": "/srv/templates"}
     },
     # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, several
     # stateless gateways, an existing Secret, existing models claim, several GPU pods.
@@ -252,6 +261,7 @@ def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
         values.get("gateway", {}).get("persistence", {}).get("existingClaim"),
         values.get("comfyui", {}).get("models", {}).get("existingClaim"),
     }
+    existing_configmaps = {values.get("templates", {}).get("existingConfigMap")}
     existing_secrets.discard(None)
     existing_claims.discard(None)
     pods = []
@@ -273,7 +283,11 @@ def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
         if sa and not rendered.find("ServiceAccount", sa):
             problems.append(f"{name}: ServiceAccount {sa} is not rendered")
         for vol in volumes.values():
-            if "configMap" in vol and not rendered.find("ConfigMap", vol["configMap"]["name"]):
+            if (
+                "configMap" in vol
+                and vol["configMap"]["name"] not in existing_configmaps
+                and not rendered.find("ConfigMap", vol["configMap"]["name"])
+            ):
                 problems.append(f"{name}: volume {vol['name']} needs a missing ConfigMap")
             if "secret" in vol:
                 ref = vol["secret"]["secretName"]
@@ -901,6 +915,14 @@ BAD_VALUES = [
     ({"gateway": {"insecure": "yes"}}, ["/gateway/insecure", "got string, want boolean"]),
     ({"gateway": {"persistence": {"sizee": "1Gi"}}}, ["additional properties 'sizee'"]),
     ({"comfyui": {"previewMethod": "fast"}}, ["previewMethod"]),
+    (
+        {"templates": {"files": {"../escape.yaml": "name: x"}}},
+        ["/templates/files", "'../escape.yaml' not allowed"],
+    ),
+    ({"templates": {"files": {"notes.txt": "name: x"}}}, ["'notes.txt' not allowed"]),
+    ({"templates": {"files": {"a.yaml": ""}}}, ["/templates/files/a.yaml"]),
+    ({"templates": {"existingConfigMap": "My_Templates"}}, ["/templates/existingConfigMap"]),
+    ({"templates": {"mountPath": "relative/dir"}}, ["/templates/mountPath"]),
 ]
 
 
@@ -929,6 +951,10 @@ CONFLICTING_VALUES = [
     ({"auth": {"enabled": False}}, "set gateway.insecure=true to confirm"),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
     ({"gateway": {"podDisruptionBudget": {"minAvailable": 1}}}, "not both"),
+    (
+        {"templates": {"files": {"a.yaml": "name: a"}, "existingConfigMap": "mine"}},
+        "set templates.files or templates.existingConfigMap, not both",
+    ),
 ]
 
 
@@ -1007,3 +1033,115 @@ def test_dockerfile_builds_the_image_the_chart_expects() -> None:
     for outside in ("tests/helm/test_helm_chart.py", "helm/comfyui-grpc/Chart.yaml", ".git/HEAD"):
         assert _dockerignored(outside, patterns), outside
     assert _dockerignored("server/comfyui_grpc/__pycache__/x.cpython-311.pyc", patterns)
+
+
+# --- workflow templates ---------------------------------------------------------------------
+
+
+def templates_volume(rendered: Rendered) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The gateway's templates volume, its mount, and the settings it reads."""
+    deployment = rendered.get("Deployment", FULLNAME)
+    gateway = container(deployment, "gateway")
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "templates")
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "templates")
+    return volume, mount, configmap_env(rendered, gateway)
+
+
+def test_no_templates_by_default(render_chart: Any) -> None:
+    rendered = render_chart({})
+    deployment = rendered.get("Deployment", FULLNAME)
+    gateway = container(deployment, "gateway")
+    assert "templates" not in {v["name"] for v in pod_spec(deployment)["volumes"]}
+    assert "COMFYUI_GRPC_TEMPLATES_DIR" not in configmap_env(rendered, gateway)
+    assert rendered.find("ConfigMap", f"{FULLNAME}-templates") is None
+
+
+def test_inline_templates_are_mounted_as_the_templates_directory(
+    render_chart: Any, tmp_path: Path
+) -> None:
+    rendered = render_chart(VALUE_SETS["templates-inline"])
+    configmap = rendered.get("ConfigMap", f"{FULLNAME}-templates")
+    assert configmap["data"] == EXAMPLE_TEMPLATES  # every file, byte for byte
+    volume, mount, env = templates_volume(rendered)
+    assert volume["configMap"]["name"] == f"{FULLNAME}-templates"
+    assert mount == {
+        "name": "templates",
+        "mountPath": "/etc/comfyui-grpc/templates",
+        "readOnly": True,
+    }  # no subPath: a subPath mount never sees ConfigMap updates
+    assert env["COMFYUI_GRPC_TEMPLATES_DIR"] == "/etc/comfyui-grpc/templates"
+
+    # What the pod sees is what the gateway loads: the examples, graph file included.
+    from comfyui_grpc.workflows.template_library import TemplateLibrary
+
+    for name, text in configmap["data"].items():
+        (tmp_path / name).write_text(text)
+    library = TemplateLibrary(str(tmp_path))
+    library.reload()
+    names = {(t.name, t.version) for t in library.all() if not t.built_in}
+    assert names == {("image-to-image", 1), ("sdxl-lora", 1)}
+
+
+def test_an_existing_configmap_is_mounted_instead(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["templates-existing-configmap"])
+    assert rendered.find("ConfigMap", f"{FULLNAME}-templates") is None
+    volume, mount, env = templates_volume(rendered)
+    assert volume["configMap"]["name"] == "studio-templates"
+    assert mount["mountPath"] == env["COMFYUI_GRPC_TEMPLATES_DIR"] == "/srv/templates"
+    assert "subPath" not in mount
+
+
+def test_a_template_edit_does_not_restart_the_gateway(render_chart: Any) -> None:
+    """Only the templates ConfigMap changes: the Deployment (its pod template and
+    checksum annotations) stays byte for byte the same, so no rollout starts."""
+    edited = dict(EXAMPLE_TEMPLATES)
+    edited["sdxl-lora.yaml"] = edited["sdxl-lora.yaml"].replace("version: 1", "version: 2")
+    edited["extra.yaml"] = "name: extra\nversion: 1\nworkflow_file: image-to-image.api.json\n"
+    before = render_chart({"templates": {"files": EXAMPLE_TEMPLATES}})
+    after = render_chart({"templates": {"files": edited}})
+    assert after.get("ConfigMap", f"{FULLNAME}-templates")["data"] == edited
+    assert after.get("Deployment", FULLNAME) == before.get("Deployment", FULLNAME)
+    assert after.get("ConfigMap", FULLNAME) == before.get("ConfigMap", FULLNAME)
+
+
+def _kubelet_projection(directory: Path, files: dict[str, str], generation: int) -> None:
+    """Write ``files`` the way the kubelet updates a ConfigMap volume: a new
+    timestamped directory, then one atomic swap of the ``..data`` symlink the
+    visible names point through."""
+    fresh = directory / f"..2025_01_01_00_00_0{generation}.000000000"
+    fresh.mkdir()
+    for name, text in files.items():
+        (fresh / name).write_text(text)
+    swap = directory / "..data_tmp"
+    swap.symlink_to(fresh.name)
+    swap.replace(directory / "..data")
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..data") / name)
+
+
+async def test_a_configmap_volume_update_reaches_the_gateway(tmp_path: Path) -> None:
+    """The rollout-free update the chart relies on: the gateway's watcher sees a
+    kubelet-style swap of the mounted files and serves the new version."""
+    import asyncio
+
+    from comfyui_grpc.workflows.template_library import TemplateLibrary
+
+    files = dict(EXAMPLE_TEMPLATES)
+    _kubelet_projection(tmp_path, files, 1)
+    library = TemplateLibrary(str(tmp_path))
+    library.reload()
+    assert library.get("sdxl-lora").version == 1
+    watcher = asyncio.create_task(library.watch(0.01))
+    try:
+        reloads = library.reloads
+        files["sdxl-lora.yaml"] = files["sdxl-lora.yaml"].replace("version: 1", "version: 2")
+        _kubelet_projection(tmp_path, files, 2)
+        async with asyncio.timeout(10):
+            while library.get("sdxl-lora").version != 2:
+                await library.reloaded_past(reloads)
+                reloads = library.reloads
+    finally:
+        watcher.cancel()
+    assert library.get("sdxl-lora", 2).version == 2

@@ -197,7 +197,22 @@ naming the values to change.
 {{- if and $v.tls.enabled (not $v.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt for tls.clientAuth)." }}
 {{- end }}
+{{- if and $v.templates.files $v.templates.existingConfigMap }}
+{{- fail "set templates.files or templates.existingConfigMap, not both: the gateway reads one templates directory." }}
+{{- end }}
 {{- if and $v.gateway.podDisruptionBudget.enabled (not (kindIs "invalid" $v.gateway.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" $v.gateway.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "gateway.podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)." }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ConfigMap mounted as the templates directory: the chart's own (templates.files), the
+one named in templates.existingConfigMap, or empty when there are no templates.
+*/}}
+{{- define "comfyui-grpc.templatesConfigMap" -}}
+{{- if .Values.templates.existingConfigMap }}
+{{- .Values.templates.existingConfigMap }}
+{{- else if .Values.templates.files }}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "templates") }}
 {{- end }}
 {{- end }}
