@@ -1,5 +1,5 @@
-"""The Node.js client's own tests (``node --test``), run against the gateway
-fixture. Skipped locally without node/npm; a failure under
+"""The Node.js client's own tests (``node --test``), run against a gateway
+serving examples/templates. Skipped locally without node/npm; a failure under
 COMFYUI_GRPC_TEST_STRICT=1 (CI)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import re
 from pathlib import Path
 
-from client_testkit import require_tool
-from comfyui_grpc.app import Gateway
+from client_testkit import require_tool, templated_gateway
+from comfyui_grpc.simulator import Simulator
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 
@@ -30,17 +30,24 @@ async def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 30
     return text
 
 
-async def test_node_client_against_the_gateway(gateway: Gateway) -> None:
+async def test_node_client_against_the_gateway(simulator: Simulator, tmp_path: Path) -> None:
     node = require_tool("node")
     npm = require_tool("npm")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         # Exactly what package-lock.json pins; node_modules is not committed.
         await run(npm, "ci", "--no-audit", "--no-fund")
-    env = dict(os.environ, COMFYUI_GRPC_TARGET=f"127.0.0.1:{gateway.port}")
-    env.pop("COMFYUI_GRPC_TOKEN", None)
-    output = await run(node, "--test", "--test-reporter=tap", "test/", env=env, timeout=120)
+    async with templated_gateway(simulator.url, tmp_path) as gateway:
+        env = dict(os.environ, COMFYUI_GRPC_TARGET=f"127.0.0.1:{gateway.port}")
+        env.pop("COMFYUI_GRPC_TOKEN", None)
+        output = await run(node, "--test", "--test-reporter=tap", "test/", env=env, timeout=120)
     counts = dict(re.findall(r"^# (pass|fail|skipped|cancelled) (\d+)$", output, re.MULTILINE))
     assert counts.get("fail") == "0", output
     assert counts.get("cancelled") == "0", output
     assert counts.get("skipped") == "0", output  # the gateway tests must not skip
-    assert int(counts.get("pass", "0")) >= 6, output
+    assert int(counts.get("pass", "0")) >= 10, output
+    for name in (
+        "templates and models are listed with plain values",
+        "runTemplate sends an image inline and chains an earlier job's output",
+        "the template example runs a template with -p values and an @file image",
+    ):
+        assert re.search(rf"^\s*ok \d+ - {re.escape(name)}$", output, re.MULTILINE), output

@@ -220,11 +220,56 @@ export class ComfyUIGrpcClient {
     if (waitSeconds) request.wait_timeout = seconds(waitSeconds);
     if (presignTtlSeconds) request.presign_ttl = seconds(presignTtlSeconds);
     const response = await this.#unary("GetResult", request, waitSeconds);
-    return response.job;
+    return plainJob(response.job);
   }
 
   async cancelJob(jobId) {
-    return (await this.#unary("CancelJob", { job_id: jobId })).job;
+    return plainJob((await this.#unary("CancelJob", { job_id: jobId })).job);
+  }
+
+  /**
+   * Every template the gateway serves (built-in and from its templates
+   * directory), newest version of each first; parameters' `default_value`
+   * are plain values.
+   */
+  async listTemplates({ allVersions = false } = {}) {
+    const templates = [];
+    let pageToken = "";
+    do {
+      const page = await this.#unary("ListTemplates", {
+        page_token: pageToken,
+        all_versions: allVersions,
+      });
+      templates.push(...page.templates.map(plainTemplate));
+      pageToken = page.next_page_token;
+    } while (pageToken);
+    return templates;
+  }
+
+  /** One template with its parameters (version 0: the newest); NOT_FOUND when unknown. */
+  async getTemplate(name, { version = 0 } = {}) {
+    return plainTemplate(await this.#unary("GetTemplate", { name, version }));
+  }
+
+  /** The model files the backends hold, by folder: [{name, files: [{name, backends}]}]. */
+  async listModels({ folder = "" } = {}) {
+    return (await this.#unary("ListModels", { folder })).folders;
+  }
+
+  /**
+   * Run a named template and follow it to the end (see `run`). `params` are
+   * plain values by parameter name; an image parameter takes a Buffer (sent
+   * inline), an uploaded image's name, or `artifactInput(jobId, artifact)`.
+   * @param {string} name
+   * @param {Record<string, unknown>} [params]
+   * @param {{version?: number, onProgress?: (event: object) => void, requestId?: string}} [options]
+   */
+  async runTemplate(name, params = {}, { version = 0, onProgress, requestId } = {}) {
+    const values = Object.fromEntries(
+      Object.entries(params).map(([key, value]) => [key, templateValue(value)]),
+    );
+    const template = { name, version, params: toStruct(values) };
+    return this.run({ template, request_id: requestId }, { onProgress });
   }
 
   async listJobs({ states = [], pageSize = 0, pageToken = "" } = {}) {
@@ -341,6 +386,95 @@ export class ComfyUIGrpcClient {
     if (job.state !== "JOB_STATE_SUCCEEDED") throw new JobError(job);
     return job;
   }
+}
+
+// -- google.protobuf.Struct <-> plain values -------------------------------------
+//
+// proto-loader hands Struct/Value over as messages ({fields: {...}}, {kind:
+// "stringValue", stringValue: "..."}); callers want plain JSON values. The
+// well-known types come from protobufjs' built-in definitions, whose field
+// names are camelCase even with keepCase.
+
+/** A plain JSON value as a google.protobuf.Value message. */
+export function toValue(value) {
+  if (value === null || value === undefined) return { nullValue: "NULL_VALUE" };
+  if (typeof value === "string") return { stringValue: value };
+  if (typeof value === "boolean") return { boolValue: value };
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) throw new TypeError(`${value} is not a finite number`);
+    return { numberValue: value };
+  }
+  if (typeof value === "bigint") {
+    if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < -BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new RangeError(`${value} is beyond 2**53, which a JSON number cannot carry exactly`);
+    }
+    return { numberValue: Number(value) };
+  }
+  if (Array.isArray(value)) return { listValue: { values: value.map(toValue) } };
+  if (typeof value === "object") return { structValue: toStruct(value) };
+  throw new TypeError(`a ${typeof value} is not a JSON value`);
+}
+
+/** A plain object as a google.protobuf.Struct message. */
+export function toStruct(object) {
+  return { fields: Object.fromEntries(Object.entries(object).map(([k, v]) => [k, toValue(v)])) };
+}
+
+/** A google.protobuf.Value message as a plain value. */
+export function fromValue(message) {
+  if (!message) return null;
+  switch (message.kind) {
+    case "stringValue":
+      return message.stringValue;
+    case "numberValue":
+      return message.numberValue;
+    case "boolValue":
+      return message.boolValue;
+    case "structValue":
+      return fromStruct(message.structValue);
+    case "listValue":
+      return (message.listValue?.values ?? []).map(fromValue);
+    default:
+      return null;
+  }
+}
+
+/** A google.protobuf.Struct message as a plain object. */
+export function fromStruct(message) {
+  return Object.fromEntries(
+    Object.entries(message?.fields ?? {}).map(([k, v]) => [k, fromValue(v)]),
+  );
+}
+
+/**
+ * A template parameter value as the API takes it: a Buffer (or Uint8Array)
+ * is sent inline as `{bytes: "<base64>"}` (at most 8 MiB); everything else is
+ * a JSON value, e.g. an uploaded image's name or `artifactInput(...)`.
+ */
+export function templateValue(value) {
+  if (value instanceof Uint8Array) return { bytes: Buffer.from(value).toString("base64") };
+  return value;
+}
+
+/** An earlier job's output as an image parameter (chaining jobs). */
+export function artifactInput(jobId, artifact) {
+  return { artifact: { job_id: jobId, key: typeof artifact === "string" ? artifact : artifact.key } };
+}
+
+/** A Template message with `default_value` of each parameter as a plain value. */
+function plainTemplate(template) {
+  return {
+    ...template,
+    parameters: template.parameters.map((p) => ({
+      ...p,
+      default_value: p.default_value ? fromValue(p.default_value) : undefined,
+    })),
+  };
+}
+
+/** A Job message with `template_params` as a plain object. */
+function plainJob(job) {
+  return job ? { ...job, template_params: fromStruct(job.template_params) } : job;
 }
 
 /** The job's overall progress in [0, 1] after an event, or null if it does not say. */

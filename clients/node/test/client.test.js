@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -15,10 +15,14 @@ import {
   ComfyUIGrpcClient,
   DEFAULT_PROTOS_DIR,
   GatewayError,
+  artifactInput,
+  fromStruct,
   jobFileName,
   loadProtos,
   safeName,
   saveNew,
+  templateValue,
+  toStruct,
 } from "../src/index.js";
 
 const target = process.env.COMFYUI_GRPC_TARGET;
@@ -29,7 +33,7 @@ test("the service loads from the repository's protos", () => {
   assert.ok(DEFAULT_PROTOS_DIR.endsWith(`${path.sep}protos`));
   const v1 = loadProtos();
   const methods = Object.keys(v1.GenerationService.service);
-  for (const name of ["Generate", "StreamProgress", "CancelJob", "GetResult", "ListJobs", "UploadInput", "ReadArtifact"]) {
+  for (const name of ["Generate", "StreamProgress", "CancelJob", "GetResult", "ListJobs", "UploadInput", "ReadArtifact", "ListTemplates", "GetTemplate", "ListModels"]) {
     assert.ok(methods.includes(name), `${name} is missing`);
   }
 });
@@ -57,6 +61,24 @@ test("saveNew keeps to its folder and never overwrites", async () => {
   } finally {
     await rm(root, { recursive: true, force: true });
   }
+});
+
+test("template parameters travel as a Struct and come back as plain values", () => {
+  const params = { prompt: "a fox", steps: 20, strong: true, none: null, tags: ["a", 1], nested: { x: 0.5 } };
+  const struct = toStruct(params);
+  assert.deepEqual(struct.fields.steps, { numberValue: 20 });
+  // What proto-loader hands back names the set member in `kind`.
+  const decoded = {
+    fields: Object.fromEntries(
+      Object.entries(struct.fields).map(([k, v]) => [k, { ...v, kind: Object.keys(v)[0] }]),
+    ),
+  };
+  decoded.fields.tags.listValue.values = decoded.fields.tags.listValue.values.map((v) => ({ ...v, kind: Object.keys(v)[0] }));
+  decoded.fields.nested.structValue.fields.x.kind = "numberValue";
+  assert.deepEqual(fromStruct(decoded), params);
+  assert.deepEqual(templateValue(Buffer.from("abc")), { bytes: "YWJj" });
+  assert.deepEqual(artifactInput("j1", { key: "k/1.png" }), { artifact: { job_id: "j1", key: "k/1.png" } });
+  assert.throws(() => toStruct({ seed: 2n ** 60n }), RangeError);
 });
 
 describe("against the gateway", { skip: target ? false : "COMFYUI_GRPC_TARGET is not set" }, () => {
@@ -166,6 +188,68 @@ describe("against the gateway", { skip: target ? false : "COMFYUI_GRPC_TARGET is
       const files = (await readdir(out)).sort();
       assert.equal(files.length, 2);
       assert.ok(second.stdout.startsWith(path.join(out, files.find((f) => f !== file))));
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+  test("templates and models are listed with plain values", async () => {
+    const templates = await client.listTemplates();
+    assert.deepEqual(templates.map((t) => t.name), ["image-to-image", "sdxl-lora", "text-to-image", "video"]);
+    const lora = await client.getTemplate("sdxl-lora");
+    const steps = lora.parameters.find((p) => p.name === "steps");
+    assert.equal(steps.type, "PARAMETER_TYPE_INT");
+    assert.equal(steps.default_value, 25);
+    assert.equal(steps.min, 1);
+    assert.equal(lora.parameters.find((p) => p.name === "prompt").required, true);
+    await assert.rejects(client.getTemplate("nope"), (error) => error.codeName === "NOT_FOUND");
+    const [loras] = await client.listModels({ folder: "loras" });
+    assert.equal(loras.name, "loras");
+    assert.deepEqual(loras.files.map((f) => f.name), ["detail.safetensors", "watercolor.safetensors"]);
+  });
+
+  test("runTemplate sends an image inline and chains an earlier job's output", async () => {
+    const small = { steps: 2, width: 64, height: 64 };
+    const fox = await client.runTemplate("sdxl-lora", { prompt: "a red fox", ...small });
+    assert.equal(fox.template, "sdxl-lora");
+    assert.equal(fox.template_params.prompt, "a red fox");
+    assert.equal(typeof fox.template_params.seed, "number");
+    const png = await client.readArtifact(fox.job_id, fox.artifacts[0]);
+    const first = await client.runTemplate("image-to-image", { prompt: "a watercolor", image: png, ...small });
+    assert.match(first.template_params.image, /^comfyui-grpc-/);
+    const second = await client.runTemplate(
+      "image-to-image",
+      { prompt: "an oil painting", image: artifactInput(first.job_id, first.artifacts[0]), ...small },
+      { version: 1 },
+    );
+    assert.equal(second.state, "JOB_STATE_SUCCEEDED");
+    await assert.rejects(client.runTemplate("sdxl-lora", { prompt: "x", steps: 500 }), (error) => {
+      assert.ok(error.violations.some((v) => v.field === "template.params.steps"), error.message);
+      return true;
+    });
+  });
+
+  test("the template example runs a template with -p values and an @file image", async () => {
+    const out = await mkdtemp(path.join(tmpdir(), "comfyui-grpc-node-template-"));
+    try {
+      const run = (...args) =>
+        promisify(execFile)(process.execPath, [path.join(here, "..", "examples", "template.js"), ...args], {
+          env: { ...process.env, COMFYUI_GRPC_TARGET: target },
+        });
+      const listed = await run("--list");
+      assert.match(listed.stdout, /^sdxl-lora v1: prompt\* negative seed steps/m);
+      const fox = await run("sdxl-lora", "-p", "prompt=a red fox", "-p", "steps=2", "-p", "width=64", "-p", "height=64", "--out", out);
+      const [foxFile] = await readdir(out);
+      assert.ok(fox.stdout.startsWith(path.join(out, foxFile)));
+      const photo = path.join(out, "photo.png");
+      await writeFile(photo, await readFile(path.join(out, foxFile)));
+      const { stdout, stderr } = await run(
+        "image-to-image", "-p", "prompt=a watercolor", "-p", "steps=2", "-p", "width=64", "-p", "height=64",
+        "-p", `image=@${photo}`, "--out", out,
+      );
+      assert.match(stderr, /100% succeeded succeeded/);
+      assert.match(stderr, /image-to-image v1: .*"image":"comfyui-grpc-/);
+      const saved = stdout.split("  ")[0];
+      assert.equal((await readFile(saved)).subarray(1, 4).toString(), "PNG");
     } finally {
       await rm(out, { recursive: true, force: true });
     }
