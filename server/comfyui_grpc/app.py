@@ -20,10 +20,14 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .api.callers import token_names
+from .api.results import callback_body
 from .api.servicer import GenerationServicer
 from .api.wire_checks import generate_request_check
 from .backends import Backend, BackendPool
 from .backends.discovery import Discovery, Resolver, resolve_all
+from .callbacks.delivery import Deliverer, DeliverySettings
+from .callbacks.policy import AllowList
+from .callbacks.signing import read_secrets
 from .config import Settings
 from .inputs import InputUploader
 from .jobs.service import JobService, JobServiceSettings
@@ -111,6 +115,7 @@ class Gateway:
         *,
         store: ArtifactStore | None = None,
         resolver: Resolver = resolve_all,
+        callback_resolver: Resolver = resolve_all,
     ) -> None:
         self.settings = settings
         self.store = store or make_store(settings.storage)
@@ -159,6 +164,11 @@ class Gateway:
         self._tasks = TaskSet("gateway")
         self._comfyui_headers: dict[str, str] = {}
         self._stopped = False
+        self.callback_allow = AllowList.parse(
+            settings.callback_allow, allow_http=settings.callback_allow_http
+        )
+        self._callback_resolver = callback_resolver
+        self.callbacks: Deliverer | None = None
 
     def _options(self) -> list[tuple[str, Any]]:
         return [
@@ -201,6 +211,27 @@ class Gateway:
         backend.start()
         return backend
 
+    def _deliverer(self) -> Deliverer:
+        service = self.service
+
+        async def body_of(job_id: str, attempt: int, last_error: str) -> bytes:
+            return await callback_body(service, job_id, attempt, last_error)
+
+        return Deliverer(
+            allow=self.callback_allow,
+            settings=DeliverySettings(
+                secrets=tuple(read_secrets(self.settings.callback_secret_file)),
+                max_age_seconds=self.settings.callback_max_age_seconds,
+                retry_initial_seconds=self.settings.callback_retry_initial_seconds,
+            ),
+            job_store=service.job_store,
+            body_of=body_of,
+            lookup=service.registry.get,
+            metrics=self.metrics,
+            resolver=self._callback_resolver,
+            on_give_up=self.monitor.task_gave_up,
+        )
+
     async def start(self) -> None:
         """Start everything; on failure, undo what was started and re-raise."""
         try:
@@ -228,11 +259,16 @@ class Gateway:
         else:
             for url in self.settings.comfyui_urls:
                 self._add_backend(url)
+        if self.callback_allow.enabled:
+            self.callbacks = self._deliverer()
+            self.service.tracker.on_job_ended = self.callbacks.job_ended
         await self.service.start()
         if self.settings.templates_dir:
             self.templates.reload()
             interval = self.settings.templates_reload_seconds
             self._tasks.spawn_supervised(lambda: self.templates.watch(interval), "template reloads")
+        if self.callbacks is not None:
+            await self.callbacks.start()
 
         checks = {
             f"/{SERVICE_NAME}/Generate": generate_request_check(
@@ -256,6 +292,8 @@ class Gateway:
                 max_workflow_bytes=self.settings.max_workflow_bytes,
                 token_names=tokens,
                 templates=self.templates,
+                callback_allow=self.callback_allow,
+                callbacks=self.callbacks,
             ),
             server,
         )
@@ -325,6 +363,8 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(max(0.0, min(1.0, deadline - loop.time())))
         left = self._jobs_left()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         await self.service.close()
         for backend in self.pool:
             await backend.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import __version__, heap, logs
 from .app import Gateway, PortUnavailable
 from .backends.diagnosis import check_at_start
-from .config import Settings, add_arguments, describe, settings_from_args
+from .config import Settings, add_arguments, callback_problem, describe, settings_from_args
 from .exposure import exposure_problem
 
 log = logging.getLogger("comfyui_grpc")
@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     if args.command == "serve" and (problem := exposure_problem(settings)):
         print(f"comfyui-grpc serve: error: {problem}", file=sys.stderr)
+        return 2
+    if problem := callback_problem(settings):
+        print(f"comfyui-grpc {args.command}: error: {problem}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
     for line in describe(settings):

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .callbacks.policy import AllowList
+from .callbacks.signing import read_secrets
 from .redact import redact_url
 from .storage import StorageSettings, add_storage_arguments, storage_settings_from_args
 
@@ -89,6 +91,17 @@ class Settings:
     """How often open jobs are checked against ComfyUI's queue and history."""
     shutdown_grace_seconds: float = 30.0
     """How long open streams and uploads may finish after SIGTERM."""
+    callback_allow: tuple[str, ...] = ()
+    """Hosts completion callbacks may go to: names, ``*.domain``, networks (CIDR).
+    Empty: Generate refuses callbacks."""
+    callback_allow_http: bool = False
+    """Allow plain-http callback URLs (https otherwise)."""
+    callback_secret_file: str = ""
+    """File with the callback signing secret(s), one per line; the first signs."""
+    callback_max_age_seconds: float = 24 * 3600.0
+    """A callback not delivered this long after its job ended is given up on."""
+    callback_retry_initial_seconds: float = 1.0
+    """First retry delay of a failed callback; it doubles per attempt (with jitter)."""
     log_format: str = "text"
     """``text`` or ``json``."""
     log_level: str = "INFO"
@@ -176,6 +189,35 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive number of bytes")
     return value
+
+
+def _allow_list(text: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    try:
+        AllowList.parse(entries)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def callback_problem(settings: Settings) -> str:
+    """Why the callback settings cannot work, or "" (checked before start)."""
+    if not settings.callback_allow:
+        return ""
+    if not settings.callback_secret_file:
+        return "--callback-allow needs --callback-secret-file: every callback is signed"
+    try:
+        read_secrets(settings.callback_secret_file)
+    except (OSError, ValueError) as exc:
+        return f"--callback-secret-file: {exc}"
+    return ""
 
 
 def _log_format(text: str) -> str:
@@ -402,6 +444,47 @@ OPTIONS: tuple[Option, ...] = (
         "seconds open streams and uploads get after SIGTERM (default 30)",
     ),
     Option(
+        "--callback-allow",
+        "COMFYUI_GRPC_CALLBACK_ALLOW",
+        "callback_allow",
+        _allow_list,
+        "hosts completion callbacks may be sent to: names, *.domain, networks (CIDR); repeat "
+        "or comma-separate; a listed name must resolve to public addresses or listed networks "
+        "(default none: Generate refuses callbacks)",
+    ),
+    Option(
+        "--callback-allow-http",
+        "COMFYUI_GRPC_CALLBACK_ALLOW_HTTP",
+        "callback_allow_http",
+        _flag,
+        "allow http:// callback URLs, not only https:// (default false)",
+        switch=True,
+    ),
+    Option(
+        "--callback-secret-file",
+        "COMFYUI_GRPC_CALLBACK_SECRET_FILE",
+        "callback_secret_file",
+        str,
+        "file with the callback signing secret, one per line: the first signs, the others "
+        "are older ones kept while receivers rotate; required with --callback-allow",
+    ),
+    Option(
+        "--callback-max-age",
+        "COMFYUI_GRPC_CALLBACK_MAX_AGE_SECONDS",
+        "callback_max_age_seconds",
+        _seconds,
+        "seconds after a job ends that its callback is retried before it is given up "
+        "(default 86400)",
+    ),
+    Option(
+        "--callback-retry-initial",
+        "COMFYUI_GRPC_CALLBACK_RETRY_INITIAL_SECONDS",
+        "callback_retry_initial_seconds",
+        _seconds,
+        "seconds before a failed callback's first retry; doubles per attempt, with jitter, "
+        "up to 10 minutes (default 1)",
+    ),
+    Option(
         "--log-format",
         "COMFYUI_GRPC_LOG_FORMAT",
         "log_format",
@@ -418,7 +501,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-_REPEATED = ("comfyui_urls", "comfyui_headers")
+_REPEATED = ("comfyui_urls", "comfyui_headers", "callback_allow")
 """Options whose flag may be given several times, each adding to the list."""
 
 

@@ -20,6 +20,7 @@ import os as _os
 
 _os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from .callbacks import CallbackSignatureError, parse_callback, verify_callback
 from .client import (
     AsyncClient,
     GenerationResult,
@@ -82,6 +83,7 @@ __all__ = [
     "Artifact",
     "AsyncClient",
     "CallCancelledError",
+    "CallbackSignatureError",
     "ChecksumMismatchError",
     "Client",
     "ConnectionConfig",
@@ -128,8 +130,10 @@ __all__ = [
     "from_rpc_error",
     "image_request",
     "new_request_id",
+    "parse_callback",
     "template_request",
     "template_value",
+    "verify_callback",
     "video_request",
     "workflow_request",
 ]

@@ -322,12 +322,15 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
         retry_on_backend_loss: bool | None = None,
+        callback_url: str | None = None,
         timeout: float | None = None,
     ) -> Submission:
         """Send Generate; returns once ComfyUI queued the job.
 
         The request is copied, never changed. Its ``request_id`` (or the given
         one, or a new one) is reused by every retry, so the job exists once.
+        ``callback_url``: the gateway POSTs the job there, signed, when it ends
+        (see :func:`verify_callback`).
         """
         message = pb.GenerateRequest()
         message.CopyFrom(request)
@@ -341,6 +344,8 @@ class AsyncClient:
             message.priority = int(priority)  # type: ignore[assignment]
         if retry_on_backend_loss is not None:
             message.retry_on_backend_loss = retry_on_backend_loss
+        if callback_url is not None:
+            message.callback.url = callback_url
         response, attempts = await self._unary(
             lambda t: self.stub.Generate(message, timeout=t, metadata=self._md()),
             self._deadline(timeout, self.timeout),

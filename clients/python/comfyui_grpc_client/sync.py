@@ -241,6 +241,7 @@ class Client:
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
         retry_on_backend_loss: bool | None = None,
+        callback_url: str | None = None,
         timeout: float | None = None,
     ) -> Submission:
         """Send Generate (retried with the same request_id); see AsyncClient.submit."""
@@ -251,6 +252,7 @@ class Client:
                 labels=labels,
                 priority=priority,
                 retry_on_backend_loss=retry_on_backend_loss,
+                callback_url=callback_url,
                 timeout=timeout,
             )
         )

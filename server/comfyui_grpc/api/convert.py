@@ -27,6 +27,14 @@ STATES = {
 }
 STATES_BACK = {value: key for key, value in STATES.items()}
 
+CALLBACK_STATES = {
+    "": job_pb2.CALLBACK_STATE_UNSPECIFIED,
+    "waiting": job_pb2.CALLBACK_STATE_PENDING,
+    "pending": job_pb2.CALLBACK_STATE_PENDING,
+    "delivered": job_pb2.CALLBACK_STATE_DELIVERED,
+    "failed": job_pb2.CALLBACK_STATE_FAILED,
+}
+
 KINDS = {
     JobKind.TEXT_TO_IMAGE: job_pb2.JOB_KIND_TEXT_TO_IMAGE,
     JobKind.VIDEO: job_pb2.JOB_KIND_VIDEO,
@@ -90,6 +98,9 @@ def job(j: Job) -> job_pb2.Job:
         backend=j.backend,
         sequence=j.log.last_sequence,
         cancel_requested=j.cancel_requested,
+        callback_state=CALLBACK_STATES.get(j.callback_state, job_pb2.CALLBACK_STATE_UNSPECIFIED),
+        callback_attempts=j.callback_attempts,
+        callback_last_error=j.callback_last_error,
     )
     if j.failure is not None:
         message.error.CopyFrom(failure(j.failure))

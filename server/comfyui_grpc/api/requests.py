@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from ..callbacks.policy import AllowList
 from ..errors import FieldViolation, InvalidArgument
 from ..jobs.job import JobSpec
 from ..jobs.model import JobKind
@@ -170,13 +171,19 @@ def spec_from_request(
     caller: str = "anonymous",
     template: Template | None = None,
     params: Mapping[str, Any] | None = None,
+    callback_allow: AllowList | None = None,
 ) -> JobSpec:
-    """Build the job's spec, raising InvalidArgument with every violation found.
+    """Build the job's spec, raising InvalidArgument with every violation found
+    (FailedPrecondition for a callback URL the gateway may not call).
 
     For ``template``, the caller looks the template up and passes it with
     ``params`` (image values already uploaded names).
     """
     _check_envelope(request)
+    callback_url = ""
+    if request.HasField("callback"):
+        (callback_allow or AllowList()).check_url(request.callback.url)
+        callback_url = request.callback.url
     which = request.WhichOneof("input")
     field_map: Mapping[tuple[str, str], str] = {}
     graph: dict[str, Any]
@@ -239,4 +246,5 @@ def spec_from_request(
         template_version=used.version if used else 0,
         template_params=values,
         output_nodes=frozenset(used.outputs) if used else frozenset(),
+        callback_url=callback_url,
     )

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 
+from ..callbacks.delivery import Deliverer
+from ..callbacks.policy import AllowList
 from ..errors import FieldViolation, GatewayError, InvalidArgument, NotFound
 from ..inputs import InputUploader
 from ..jobs.job import Job
@@ -34,6 +35,7 @@ from ..workflows.template_library import TemplateLibrary
 from . import convert, template_views
 from .callers import caller_of
 from .requests import spec_from_request, template_params
+from .results import add_presigned_urls
 from .status import internal_status, to_status
 from .template_images import resolve_images
 
@@ -168,6 +170,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         max_workflow_bytes: int = MAX_WORKFLOW_BYTES,
         token_names: Mapping[str, str] | None = None,
         templates: TemplateLibrary | None = None,
+        callback_allow: AllowList | None = None,
+        callbacks: Deliverer | None = None,
     ) -> None:
         self.templates = templates or TemplateLibrary()
         self.metrics = metrics
@@ -176,6 +180,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.max_workflow_nodes = max_workflow_nodes
         self.max_workflow_bytes = max_workflow_bytes
         self.token_names = dict(token_names or {})
+        self.callback_allow = callback_allow or AllowList()
+        self.callbacks = callbacks
 
     @_guarded
     async def Generate(self, request: pb.GenerateRequest, context: Ctx) -> pb.GenerateResponse:
@@ -203,8 +209,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             caller=caller,
             template=template,
             params=params,
+            callback_allow=self.callback_allow,
         )
         job, existing = await self.service.submit(spec, job_id=job_id)
+        if self.callbacks is not None and not existing:
+            await self.callbacks.register(job)
         return pb.GenerateResponse(
             job_id=job.job_id,
             state=convert.STATES[job.state],
@@ -258,6 +267,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 [FieldViolation("wait_timeout", "must be zero or positive")],
             )
         await self.service.wait(job, _time_left(context, wait))
+        if self.callbacks is not None:
+            await self.callbacks.refresh(job)
         message = convert.job(job)
         ttl = int(_seconds(request.presign_ttl))
         if ttl:
@@ -266,13 +277,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     "presign_ttl must be between 1 second and 7 days",
                     [FieldViolation("presign_ttl", "between 1 s and 7 days")],
                 )
-            expires = convert.timestamp(time.time() + ttl)
-            assert expires is not None
-            for item in message.artifacts:
-                url = await self.service.store.presign_get(item.key, ttl)
-                if url:
-                    item.presigned_url = url
-                    item.presigned_url_expire_time.CopyFrom(expires)
+            await add_presigned_urls(message, self.service.store, ttl)
         return pb.GetResultResponse(job=message)
 
     @_guarded

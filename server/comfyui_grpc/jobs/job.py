@@ -47,6 +47,8 @@ class JobSpec:
     """Every parameter's value as used (defaults and random seeds filled in)."""
     output_nodes: frozenset[str] = frozenset()
     """Only these nodes' files are stored (the template's ``outputs``); empty: all."""
+    callback_url: str = ""
+    """Where the job is POSTed when it ends (checked against --callback-allow)."""
 
 
 class Job:
@@ -81,6 +83,11 @@ class Job:
         self.listener: Callable[[Job, ev.Event], None] | None = None
         # The newest preview image (memory only, not an event; see previews.py).
         self.preview = PreviewSlot()
+        # The completion callback's delivery, as the deliverer last saw it:
+        # "" (none), "pending", "delivered" or "failed".
+        self.callback_state = "pending" if spec.callback_url else ""
+        self.callback_attempts = 0
+        self.callback_last_error = ""
 
     # -- views ---------------------------------------------------------------
 

@@ -86,6 +86,7 @@ def job_to_json(job: Job) -> str:
                 "template_version": spec.template_version,
                 "template_params": dict(spec.template_params),
                 "output_nodes": sorted(spec.output_nodes),
+                "callback_url": spec.callback_url,
             },
             "state": job.state.value,
             "backend": job.backend,
@@ -125,6 +126,7 @@ def job_from_json(job_id: str, text: str, events: list[ev.Event]) -> Job:
         template_version=s.get("template_version", 0),
         template_params=s.get("template_params", {}),
         output_nodes=frozenset(s.get("output_nodes", ())),
+        callback_url=s.get("callback_url", ""),
     )
     job = Job(job_id, spec)
     job.restore(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..backends import Backend, BackendPool
@@ -80,6 +81,8 @@ class JobTracker:
         self._inventory_errors: dict[str, str] = {}
         self.on_give_up: CrashHandler | None = None
         """Told when the reconcile loop keeps crashing and is given up on (liveness)."""
+        self.on_job_ended: Callable[[Job], None] | None = None
+        """Told when a job reaches a terminal state (completion callbacks)."""
 
     def start(self) -> None:
         # Supervised: an unexpected error in one pass is logged, counted and
@@ -120,6 +123,8 @@ class JobTracker:
             self.metrics.upload.observe(max(0.0, job.end_time - job.upload_start_time))
         self.fleet.tell(self.core.finished, job.job_id)
         self.registry.finished(job)
+        if self.on_job_ended is not None:
+            self.on_job_ended(job)
 
     def finish_failed(self, job: Job, failure: JobFailure) -> None:
         if job.terminal:

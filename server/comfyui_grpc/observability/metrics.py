@@ -180,6 +180,22 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.callback_deliveries = Counter(
+            "callback_deliveries",
+            "Completion callbacks that reached an end, by outcome: delivered, rejected (a "
+            "final 4xx or a redirect), refused (an address --callback-allow does not name), "
+            "expired (--callback-max-age passed), job_missing.",
+            ["outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.callback_attempts = Histogram(
+            "callback_attempts",
+            "Attempts a completion callback took, counted when it reached an end.",
+            namespace=NAMESPACE,
+            buckets=(1, 2, 3, 5, 8, 13, 21, 50, 100),
+            registry=r,
+        )
         self._finished_children = {
             state: self.jobs_finished.labels(state.value) for state in JobState if state.terminal
         }
@@ -210,6 +226,10 @@ class Metrics:
 
     def task_crashed(self, task: str, exc: BaseException) -> None:
         self.task_crashes.labels(task).inc()
+
+    def callback_finished(self, outcome: str, attempts: int) -> None:
+        self.callback_deliveries.labels(outcome).inc()
+        self.callback_attempts.observe(attempts)
 
     def job_finished(self, state: JobState) -> None:
         child = self._finished_children.get(state)

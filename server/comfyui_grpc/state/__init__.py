@@ -1,5 +1,5 @@
 """Durable job records, so a gateway restart loses no job."""
 
-from .store import JobStore, NullJobStore, SqliteJobStore, open_job_store
+from .store import CallbackRecord, JobStore, NullJobStore, SqliteJobStore, open_job_store
 
-__all__ = ["JobStore", "NullJobStore", "SqliteJobStore", "open_job_store"]
+__all__ = ["CallbackRecord", "JobStore", "NullJobStore", "SqliteJobStore", "open_job_store"]

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from ..jobs import events as ev
@@ -41,8 +42,44 @@ CREATE TABLE IF NOT EXISTS events (
     record TEXT NOT NULL,
     PRIMARY KEY (job_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS callbacks (
+    job_id TEXT PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    due_time REAL NOT NULL,
+    next_attempt_time REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_by_state ON callbacks (state);
 """
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+OPEN_CALLBACK_STATES = ("waiting", "pending")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackRecord:
+    """A job's completion callback and how its delivery stands (one per job)."""
+
+    job_id: str
+    delivery_id: str
+    """Sent as X-ComfyUI-GRPC-Delivery, the same on every attempt."""
+    url: str
+    state: str = "waiting"
+    """waiting (the job is open), pending (due, being tried), delivered, failed."""
+    attempts: int = 0
+    last_error: str = ""
+    due_time: float = 0.0
+    """When the job ended; --callback-max-age counts from here."""
+    next_attempt_time: float = 0.0
+    updated: float = 0.0
+
+
+_CALLBACK_COLUMNS = (
+    "job_id, delivery_id, url, state, attempts, last_error, due_time, next_attempt_time, updated"
+)
 
 
 class JobStore:
@@ -72,9 +109,40 @@ class JobStore:
     async def load(self, job_id: str) -> Job | None:
         return None
 
+    # Completion callbacks: written at once (each write is a delivery's state).
+
+    async def add_callback(self, record: CallbackRecord) -> CallbackRecord:
+        """Record ``record`` unless its job has one already; return the one kept."""
+        return record
+
+    async def save_callback(self, record: CallbackRecord) -> None:
+        """Write ``record`` over its job's callback."""
+
+    async def callback(self, job_id: str) -> CallbackRecord | None:
+        return None
+
+    async def open_callbacks(self) -> list[CallbackRecord]:
+        """Callbacks waiting for their job to end or still to be delivered."""
+        return []
+
 
 class NullJobStore(JobStore):
-    pass
+    """Keeps callbacks in memory (for the process's life), nothing else."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, CallbackRecord] = {}
+
+    async def add_callback(self, record: CallbackRecord) -> CallbackRecord:
+        return self._callbacks.setdefault(record.job_id, record)
+
+    async def save_callback(self, record: CallbackRecord) -> None:
+        self._callbacks[record.job_id] = record
+
+    async def callback(self, job_id: str) -> CallbackRecord | None:
+        return self._callbacks.get(job_id)
+
+    async def open_callbacks(self) -> list[CallbackRecord]:
+        return [r for r in self._callbacks.values() if r.state in OPEN_CALLBACK_STATES]
 
 
 class SqliteJobStore(JobStore):
@@ -115,6 +183,10 @@ class SqliteJobStore(JobStore):
         with db:
             db.executemany("DELETE FROM events WHERE job_id = ?", [(j,) for j in stale])
             db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in stale])
+            db.execute(
+                "DELETE FROM callbacks WHERE state NOT IN (?, ?) AND updated < ?",
+                (*OPEN_CALLBACK_STATES, cutoff),
+            )
         self._db = db
 
     def _connection(self) -> sqlite3.Connection:
@@ -248,6 +320,50 @@ class SqliteJobStore(JobStore):
             return self._load_sync(*rows[0]) if rows else None
 
         return await asyncio.to_thread(load)
+
+    # -- completion callbacks ---------------------------------------------------------
+
+    def _callback_rows(self, sql: str, args: tuple[object, ...]) -> list[CallbackRecord]:
+        with self._lock:
+            rows = list(self._connection().execute(sql, args))
+        names = _CALLBACK_COLUMNS.split(", ")
+        return [CallbackRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+    def _put_callback(self, record: CallbackRecord, verb: str) -> None:
+        with self._lock, self._connection() as db:
+            db.execute(
+                f"INSERT {verb} INTO callbacks ({_CALLBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                astuple(record),
+            )
+
+    async def add_callback(self, record: CallbackRecord) -> CallbackRecord:
+        def add() -> CallbackRecord:
+            self._put_callback(record, "OR IGNORE")
+            rows = self._callback_rows(
+                f"SELECT {_CALLBACK_COLUMNS} FROM callbacks WHERE job_id = ?", (record.job_id,)
+            )
+            return rows[0] if rows else record
+
+        return await asyncio.to_thread(add)
+
+    async def save_callback(self, record: CallbackRecord) -> None:
+        await asyncio.to_thread(self._put_callback, record, "OR REPLACE")
+
+    async def callback(self, job_id: str) -> CallbackRecord | None:
+        rows = await asyncio.to_thread(
+            self._callback_rows,
+            f"SELECT {_CALLBACK_COLUMNS} FROM callbacks WHERE job_id = ?",
+            (job_id,),
+        )
+        return rows[0] if rows else None
+
+    async def open_callbacks(self) -> list[CallbackRecord]:
+        return await asyncio.to_thread(
+            self._callback_rows,
+            f"SELECT {_CALLBACK_COLUMNS} FROM callbacks WHERE state IN (?, ?) "
+            "ORDER BY next_attempt_time",
+            OPEN_CALLBACK_STATES,
+        )
 
 
 def open_job_store(path: str) -> JobStore:

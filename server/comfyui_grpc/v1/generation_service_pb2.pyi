@@ -324,6 +324,7 @@ class GenerateRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     RETRY_ON_BACKEND_LOSS_FIELD_NUMBER: _builtins.int
+    CALLBACK_FIELD_NUMBER: _builtins.int
     workflow_json: _builtins.str
     """The same graph as a JSON string, for integers beyond 2^53."""
     request_id: _builtins.str
@@ -356,6 +357,13 @@ class GenerateRequest(_message.Message):
         At most 32; keys and values at most 256 characters.
         """
 
+    @_builtins.property
+    def callback(self) -> Global___Callback:
+        """Where to POST the job when it ends (SUCCEEDED, FAILED or CANCELLED), for
+        callers that cannot keep a stream open. Refused with FAILED_PRECONDITION
+        unless the gateway's `--callback-allow` names the host.
+        """
+
     def __init__(
         self,
         *,
@@ -368,16 +376,51 @@ class GenerateRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         priority: Global___Priority.ValueType = ...,
         retry_on_backend_loss: _builtins.bool = ...,
+        callback: Global___Callback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "input", b"input", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "labels", b"labels", "priority", b"priority", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "input", b"input", "labels", b"labels", "priority", b"priority", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "template", b"template", "text_to_image", b"text_to_image", "video", b"video", "workflow", b"workflow", "workflow_json", b"workflow_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text_to_image", "video", "workflow", "workflow_json", "template"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class Callback(_message.Message):
+    """A signed HTTP callback sent when a job ends.
+
+    The body is the job as `GetResult` returns it (protobuf JSON, presigned
+    URLs when the store supports them), POSTed with the headers
+    `X-ComfyUI-GRPC-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`,
+    `X-ComfyUI-GRPC-Delivery` (unique, the same on every retry: deduplicate on it)
+    and `X-ComfyUI-GRPC-Job`. Delivered at least once: network errors,
+    timeouts, 5xx and 429 are retried with back-off (honouring `Retry-After`)
+    for up to the gateway's `--callback-max-age`; any other 4xx is final.
+    Redirects are not followed. `Job.callback_state` shows how it went.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL (http only when the gateway allows it), at most 2048
+    characters, with no user:password@.
+    """
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Callback: _TypeAlias = Callback  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):

@@ -94,6 +94,38 @@ JOB_KIND_WORKFLOW: JobKind.ValueType  # 3
 """A raw ComfyUI API-format workflow."""
 Global___JobKind: _TypeAlias = JobKind  # noqa: Y015
 
+class _CallbackState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallbackStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallbackState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALLBACK_STATE_UNSPECIFIED: _CallbackState.ValueType  # 0
+    """The job has no callback."""
+    CALLBACK_STATE_PENDING: _CallbackState.ValueType  # 1
+    """Waiting for the job to end, or being delivered (retrying after failures)."""
+    CALLBACK_STATE_DELIVERED: _CallbackState.ValueType  # 2
+    """The receiver answered 2xx."""
+    CALLBACK_STATE_FAILED: _CallbackState.ValueType  # 3
+    """Given up: a final 4xx, an address the allow list refuses, or
+    `--callback-max-age` passed.
+    """
+
+class CallbackState(_CallbackState, metaclass=_CallbackStateEnumTypeWrapper):
+    """Where a job's completion callback stands."""
+
+CALLBACK_STATE_UNSPECIFIED: CallbackState.ValueType  # 0
+"""The job has no callback."""
+CALLBACK_STATE_PENDING: CallbackState.ValueType  # 1
+"""Waiting for the job to end, or being delivered (retrying after failures)."""
+CALLBACK_STATE_DELIVERED: CallbackState.ValueType  # 2
+"""The receiver answered 2xx."""
+CALLBACK_STATE_FAILED: CallbackState.ValueType  # 3
+"""Given up: a final 4xx, an address the allow list refuses, or
+`--callback-max-age` passed.
+"""
+Global___CallbackState: _TypeAlias = CallbackState  # noqa: Y015
+
 @_typing.final
 class Artifact(_message.Message):
     """One stored output of a job."""
@@ -289,6 +321,9 @@ class Job(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
     TEMPLATE_PARAMS_FIELD_NUMBER: _builtins.int
+    CALLBACK_STATE_FIELD_NUMBER: _builtins.int
+    CALLBACK_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CALLBACK_LAST_ERROR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned id (a UUID); also the ComfyUI `prompt_id`."""
     request_id: _builtins.str
@@ -317,6 +352,16 @@ class Job(_message.Message):
     """
     template_version: _builtins.int
     """The template's version the job used."""
+    callback_state: Global___CallbackState.ValueType
+    """How the job's completion callback (`GenerateRequest.callback`) stands;
+    UNSPECIFIED when the job has none.
+    """
+    callback_attempts: _builtins.int
+    """Delivery attempts made so far."""
+    callback_last_error: _builtins.str
+    """Why the last attempt failed (an HTTP status, a network error, or the
+    address the allow list refused); empty once delivered.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels from the request, echoed back and stored in the manifest."""
@@ -366,10 +411,13 @@ class Job(_message.Message):
         template: _builtins.str = ...,
         template_version: _builtins.int = ...,
         template_params: _struct_pb2.Struct | None = ...,
+        callback_state: Global___CallbackState.ValueType = ...,
+        callback_attempts: _builtins.int = ...,
+        callback_last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "start_time", b"start_time", "template_params", b"template_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "backend", b"backend", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "kind", b"kind", "labels", b"labels", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "sequence", b"sequence", "start_time", b"start_time", "state", b"state", "template", b"template", "template_params", b"template_params", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "backend", b"backend", "callback_attempts", b"callback_attempts", "callback_last_error", b"callback_last_error", "callback_state", b"callback_state", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "kind", b"kind", "labels", b"labels", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "sequence", b"sequence", "start_time", b"start_time", "state", b"state", "template", b"template", "template_params", b"template_params", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
