@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from comfyui_grpc.jobs import events as ev
 from comfyui_grpc.jobs.job import Job, JobSpec
 from comfyui_grpc.jobs.log import RESTART_SEQUENCE_GAP
 from comfyui_grpc.jobs.model import Artifact, JobFailure, JobKind, JobState, OutputFile
-from comfyui_grpc.state import SqliteJobStore
+from comfyui_grpc.state import CallbackRecord, NullJobStore, SqliteJobStore
 from comfyui_grpc.workflows import TextToImageParams, text_to_image_graph
 
 JOB_ID = "00000000-0000-4000-8000-0000000000aa"
@@ -139,3 +142,62 @@ async def test_close_waits_for_a_write_already_on_the_worker_thread(
     assert loaded is not None
     assert loaded.state is JobState.FAILED
     await reopened.close()
+
+
+async def test_callbacks_round_trip_and_open_ones_come_back(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "state.db")
+    await store.open()
+    first = CallbackRecord(job_id="a", delivery_id="d-a", url="https://h/x", updated=1.0)
+    kept = await store.add_callback(first)
+    assert kept == first
+    # A second registration (a repeated request) keeps the first delivery id.
+    again = await store.add_callback(replace(first, delivery_id="d-other"))
+    assert again.delivery_id == "d-a"
+    pending = replace(first, state="pending", attempts=2, last_error="answered 503",
+                      due_time=5.0, next_attempt_time=9.0)  # fmt: skip
+    await store.save_callback(pending)
+    done = CallbackRecord(
+        job_id="b", delivery_id="d-b", url="https://h/y", state="delivered", updated=time.time()
+    )
+    await store.save_callback(done)
+    # Ended deliveries go with the retention of finished jobs; open ones never do.
+    await store.save_callback(replace(done, job_id="old", updated=1.0))
+    await store.close()
+
+    reopened = SqliteJobStore(tmp_path / "state.db")
+    await reopened.open()
+    assert await reopened.open_callbacks() == [pending]
+    assert await reopened.callback("b") == done
+    assert await reopened.callback("old") is None
+    await reopened.close()
+
+
+async def test_a_store_from_before_callbacks_gains_the_table_and_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    job = _job()
+    store.track(job)
+    await store.save_now(job)
+    await store.close()
+    with sqlite3.connect(path) as db:  # as a gateway without callbacks left it
+        db.execute("DROP TABLE callbacks")
+    reopened = SqliteJobStore(path)
+    await reopened.open()
+    assert [j.job_id for j in await reopened.unfinished()] == [JOB_ID]
+    await reopened.save_callback(CallbackRecord(job_id=JOB_ID, delivery_id="d", url="https://h"))
+    assert (await reopened.callback(JOB_ID)) is not None
+    await reopened.close()
+
+
+async def test_the_null_store_keeps_callbacks_in_memory() -> None:
+    store = NullJobStore()
+    record = CallbackRecord(job_id="a", delivery_id="d", url="https://h")
+    assert await store.add_callback(record) == record
+    await store.save_callback(replace(record, state="pending"))
+    assert [r.state for r in await store.open_callbacks()] == ["pending"]
+    await store.save_callback(replace(record, state="failed"))
+    assert await store.open_callbacks() == []
+    assert (await store.callback("a")) == replace(record, state="failed")
