@@ -4,13 +4,16 @@ webhook receiver on 127.0.0.1 (so these gateways allow 127.0.0.1/32 and http).""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.simulator import Simulator
@@ -20,6 +23,7 @@ from comfyui_grpc.v1 import job_pb2
 from comfyui_grpc_client import CallbackSignatureError, parse_callback, verify_callback
 from support.callback_receiver import CallbackReceiver
 from support.gateway_process import GatewayProcess
+from support.net import free_port
 from testkit import gateway_settings
 
 from .helpers import field_violations, small_image
@@ -321,3 +325,49 @@ async def test_a_pending_callback_survives_a_gateway_restart(
     assert parse_callback(delivered.body).job_id == job_id
     assert job.callback_state == job_pb2.CALLBACK_STATE_DELIVERED
     assert job.callback_attempts >= 2
+
+
+def _readme_receiver() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Completion callbacks") : readme.index("## How it works")]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    return code
+
+
+async def test_the_readme_receiver_accepts_a_real_callback_and_refuses_a_forged_one(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    port = free_port()
+    code = _readme_receiver().replace('("0.0.0.0", 8080)', f'("127.0.0.1", {port})')
+    (tmp_path / "receiver.py").write_text(code)
+    _secret_file(tmp_path)  # the receiver reads its first line, as the gateway signs with it
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", "receiver.py", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 20
+            while True:  # until it listens
+                try:
+                    forged = await http.post(
+                        f"http://127.0.0.1:{port}/",
+                        content=b"{}",
+                        headers={SIGNATURE: f"t={int(time.time())},v1=00"},
+                    )
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "the README receiver never listened"
+                    await asyncio.sleep(0.05)
+        assert forged.status_code == 401
+        async with _gateway(simulator, tmp_path) as (_, stub):
+            url = f"http://127.0.0.1:{port}/hook"
+            job_id = (await stub.Generate(_with_callback(small_image(), url))).job_id
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 20)
+            job = await _settled(stub, job_id)
+        assert line.decode().startswith(f"{job_id} JOB_STATE_SUCCEEDED ['file://")
+        assert job.callback_state == job_pb2.CALLBACK_STATE_DELIVERED
+    finally:
+        process.kill()
+        await process.wait()

@@ -15,6 +15,13 @@ import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
 export { jobFileName, safeName, saveNew } from "./files.js";
+export {
+  CallbackSignatureError,
+  DELIVERY_HEADER,
+  JOB_HEADER,
+  SIGNATURE_HEADER,
+  verifyCallback,
+} from "./callbacks.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
