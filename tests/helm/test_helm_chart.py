@@ -34,6 +34,14 @@ EXAMPLE_TEMPLATES = {
 # docs/deploy.md describes.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
+    # Signed completion callbacks to listed hosts, with a secret being rotated.
+    "callbacks": {
+        "callbacks": {
+            "allow": ["hooks.example.com", "*.internal.example.com", "10.0.0.0/8"],
+            "secrets": ["new-callback-secret", "old-callback-secret"],
+            "maxAgeSeconds": 3600,
+        },
+    },
     # An external S3 (AWS) instead of the bundled RustFS, with static keys in values.
     "external-s3": {
         "rustfs": {"enabled": False},
@@ -732,6 +740,45 @@ def test_auth_is_on_by_default_with_a_generated_token(helm_chart: Any, render_ch
     assert token({"auth": {"tokens": ["one-token", "two-token"]}}) == "one-token,two-token"
     template = (CHART_DIR / "templates" / "secret.yaml").read_text()
     assert 'get $previous "auth-tokens"' in template
+
+
+def test_callbacks_get_their_allow_list_and_a_mounted_secret(
+    helm_chart: Any, render_chart: Any
+) -> None:
+    rendered = render_chart(VALUE_SETS["callbacks"])
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    env = configmap_env(rendered, gateway)
+    assert (
+        env["COMFYUI_GRPC_CALLBACK_ALLOW"] == "hooks.example.com,*.internal.example.com,10.0.0.0/8"
+    )
+    assert env["COMFYUI_GRPC_CALLBACK_ALLOW_HTTP"] == "false"
+    assert env["COMFYUI_GRPC_CALLBACK_MAX_AGE_SECONDS"] == "3600"
+    secret_file = Path(env["COMFYUI_GRPC_CALLBACK_SECRET_FILE"])
+    [mount] = [m for m in gateway["volumeMounts"] if m["name"] == "callback-secret"]
+    assert Path(mount["mountPath"]) == secret_file.parent
+    [volume] = [
+        v for v in pod_spec(rendered.get("Deployment", FULLNAME))["volumes"]
+        if v["name"] == "callback-secret"
+    ]  # fmt: skip
+    assert volume["secret"]["items"] == [{"key": "callback-secret", "path": secret_file.name}]
+    data = rendered.get("Secret", FULLNAME)["data"]
+    assert base64.b64decode(data["callback-secret"]) == b"new-callback-secret\nold-callback-secret"
+    # No secret given: one is generated (and kept across upgrades, like the token).
+    files = helm_chart.render(
+        {"callbacks": {"allow": ["hooks.example.com"]}}, name=RELEASE, namespace=NAMESPACE,
+        is_install=True,
+    )  # fmt: skip
+    generated = Rendered(files).get("Secret", FULLNAME)["data"]["callback-secret"]
+    assert re.fullmatch(rb"[A-Za-z0-9]{48}", base64.b64decode(generated))
+    assert (
+        'get $previous "callback-secret"' in (CHART_DIR / "templates" / "secret.yaml").read_text()
+    )
+    # Off by default: no flags, no secret, no mount.
+    default = render_chart({})
+    default_gateway = container(default.get("Deployment", FULLNAME), "gateway")
+    assert not [k for k in configmap_env(default, default_gateway) if "CALLBACK" in k]
+    assert "callback-secret" not in default.get("Secret", FULLNAME)["data"]
+    assert all(m["name"] != "callback-secret" for m in default_gateway["volumeMounts"])
 
 
 def test_an_open_gateway_must_be_confirmed(render_chart: Any) -> None:

@@ -133,6 +133,10 @@ true
 {{- end }}
 
 {{/* Where the TLS Secret is mounted in the gateway container. */}}
+{{- define "comfyui-grpc.callbackDir" -}}
+/etc/comfyui-grpc/callbacks
+{{- end }}
+
 {{- define "comfyui-grpc.tlsDir" -}}
 /etc/comfyui-grpc/tls
 {{- end }}
