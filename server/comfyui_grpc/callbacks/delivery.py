@@ -191,8 +191,8 @@ class Deliverer:
         record = self._open.get(job.job_id) or CallbackRecord(
             job_id=job.job_id, delivery_id=str(uuid.uuid4()), url=job.spec.callback_url
         )
-        if record.state != "waiting":
-            return
+        if record.state != "waiting" or self._tasks.closed:
+            return  # (closed: shutting down; the stored record is taken back at the next start)
         record = replace(record, state="pending", due_time=now, next_attempt_time=now, updated=now)
         self._remember(record)
         self._tasks.spawn(self._save(record), f"callback record {job.job_id}")
@@ -200,8 +200,8 @@ class Deliverer:
     async def refresh(self, job: Job) -> None:
         """Copy the delivery's state onto ``job`` (one read from the store, e.g. after
         a restart, when the job was loaded rather than followed)."""
-        if not job.spec.callback_url:
-            return
+        if not job.spec.callback_url or job.callback_state in ("delivered", "failed"):
+            return  # no callback, or one that has ended: nothing will change
         record = self._open.get(job.job_id) or await self.job_store.callback(job.job_id)
         if record is not None:
             self._show(job, record)
@@ -257,7 +257,12 @@ class Deliverer:
 
     async def _deliver(self, record: CallbackRecord) -> None:
         attempt = record.attempts + 1
-        outcome = await self._try(record, attempt)
+        try:
+            outcome = await self._try(record, attempt)
+        except Exception as exc:
+            # Never leave a delivery due at once: that would spin. Back off as for a 5xx.
+            log.exception("callback attempt failed unexpectedly", extra={"job_id": record.job_id})
+            outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}")
         now = self.clock()
         if outcome.delivered:
             record = replace(record, state="delivered", attempts=attempt, last_error="")
