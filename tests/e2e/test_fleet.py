@@ -11,6 +11,7 @@ import grpc
 import pytest
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.simulator import Simulator
+from comfyui_grpc.tasks import within
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
@@ -222,3 +223,28 @@ async def test_an_image_uploaded_after_the_inventory_was_read_is_accepted(
             assert "1.inputs.image" in done.job.error.message
     finally:
         await gw.stop(grace=0)
+
+
+async def test_generate_with_no_backend_up_names_it_and_says_when_to_retry(
+    tmp_path: Path,
+) -> None:
+    gw = Gateway(gateway_settings(tmp_path, "http://127.0.0.1:1"))
+    await gw.start()
+    try:
+        backend = next(iter(gw.pool))
+        assert await within(backend.attempted.wait(), 15)  # its first try failed
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(small_image(), timeout=10)
+    finally:
+        await gw.stop(grace=0)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = info.value.details() or ""
+    assert "http://127.0.0.1:1" in details
+    assert "refused" in details
+    error_info, _, retry = status_details(info.value)
+    assert error_info is not None
+    assert error_info.reason == "NO_BACKEND"
+    assert retry is not None
+    assert retry.retry_delay.seconds > 0
