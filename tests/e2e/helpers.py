@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import grpc
+from comfyui_grpc.app import Gateway
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from testkit import gateway_settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -104,3 +110,19 @@ def status_details(
         found.get("BadRequest"),
         found.get("RetryInfo"),
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, *urls: str, **overrides: object
+) -> AsyncIterator[tuple[Gateway, pb_grpc.GenerationServiceStub]]:
+    """A gateway on a real port, its backends connected and their inventory
+    read, and a stub to it; stopped on the way out."""
+    gw = Gateway(gateway_settings(tmp_path, *urls, **overrides))
+    await gw.start()
+    try:
+        assert await gw.wait_backends(10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            yield gw, pb_grpc.GenerationServiceStub(channel)
+    finally:
+        await gw.stop(grace=0)

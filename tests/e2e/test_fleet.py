@@ -19,7 +19,14 @@ from PIL import Image
 from prometheus_client import generate_latest
 from testkit import gateway_settings
 
-from .helpers import slow_workflow, small_image, status_details, until_event, workflow_request
+from .helpers import (
+    serving,
+    slow_workflow,
+    small_image,
+    status_details,
+    until_event,
+    workflow_request,
+)
 
 
 @pytest.fixture
@@ -41,34 +48,27 @@ async def test_a_job_runs_only_where_its_checkpoint_is(
     two_kinds: tuple[Simulator, Simulator], tmp_path: Path
 ) -> None:
     sd, xl = two_kinds
-    gw = Gateway(gateway_settings(tmp_path, sd.url, xl.url))
-    await gw.start()
-    try:
-        assert await gw.wait_backends(10)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            for checkpoint, simulator in (
-                ("sd_xl_base_1.0.safetensors", xl),
-                ("sd15.safetensors", sd),
-            ):
-                for _ in range(3):
-                    job = await stub.Generate(small_image(checkpoint=checkpoint), timeout=10)
-                    done = await stub.GetResult(
-                        pb.GetResultRequest(job_id=job.job_id, wait_timeout={"seconds": 30}),
-                        timeout=40,
-                    )
-                    assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
-                    assert done.job.backend == simulator.url
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Generate(small_image(checkpoint="nowhere.safetensors"), timeout=10)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            _, bad_request, _ = status_details(info.value)
-            assert bad_request is not None
-            fields = [v.field for v in bad_request.field_violations]
-            assert fields == ["text_to_image.checkpoint"]
-            assert "nowhere.safetensors" in bad_request.field_violations[0].description
-    finally:
-        await gw.stop(grace=0)
+    async with serving(tmp_path, sd.url, xl.url) as (_gw, stub):
+        for checkpoint, simulator in (
+            ("sd_xl_base_1.0.safetensors", xl),
+            ("sd15.safetensors", sd),
+        ):
+            for _ in range(3):
+                job = await stub.Generate(small_image(checkpoint=checkpoint), timeout=10)
+                done = await stub.GetResult(
+                    pb.GetResultRequest(job_id=job.job_id, wait_timeout={"seconds": 30}),
+                    timeout=40,
+                )
+                assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
+                assert done.job.backend == simulator.url
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(small_image(checkpoint="nowhere.safetensors"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        _, bad_request, _ = status_details(info.value)
+        assert bad_request is not None
+        fields = [v.field for v in bad_request.field_violations]
+        assert fields == ["text_to_image.checkpoint"]
+        assert "nowhere.safetensors" in bad_request.field_violations[0].description
     # Refused at Generate: neither ComfyUI was asked.
     assert len(sd.submitted_prompt_ids) == 3
     assert len(xl.submitted_prompt_ids) == 3
@@ -77,45 +77,31 @@ async def test_a_job_runs_only_where_its_checkpoint_is(
 async def test_invalid_input_is_refused_at_generate_without_comfyui(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gw = Gateway(gateway_settings(tmp_path, simulator.url))
-    await gw.start()
-    try:
-        assert await gw.wait_backends(10)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            graph = slow_workflow(3, 0.0)
-            graph["2"]["inputs"]["steps"] = -1  # type: ignore[index]  # below min 0
-            del graph["3"]["inputs"]["filename_prefix"]  # type: ignore[attr-defined]
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Generate(workflow_request(graph), timeout=10)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            _, bad_request, _ = status_details(info.value)
-            assert bad_request is not None
-            fields = sorted(v.field for v in bad_request.field_violations)
-            assert fields == ["workflow.2.inputs.steps", "workflow.3.inputs.filename_prefix"]
-    finally:
-        await gw.stop(grace=0)
+    async with serving(tmp_path, simulator.url) as (_gw, stub):
+        graph = slow_workflow(3, 0.0)
+        graph["2"]["inputs"]["steps"] = -1  # type: ignore[index]  # below min 0
+        del graph["3"]["inputs"]["filename_prefix"]  # type: ignore[attr-defined]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(workflow_request(graph), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        _, bad_request, _ = status_details(info.value)
+        assert bad_request is not None
+        fields = sorted(v.field for v in bad_request.field_violations)
+        assert fields == ["workflow.2.inputs.steps", "workflow.3.inputs.filename_prefix"]
     assert simulator.submitted_prompt_ids == []
 
 
 async def test_a_waiting_job_is_cancelled_without_reaching_comfyui(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gw = Gateway(gateway_settings(tmp_path, simulator.url, backend_prefetch=0))
-    await gw.start()
-    try:
-        assert await gw.wait_backends(10)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            running = await stub.Generate(workflow_request(slow_workflow(200, 0.02, "r")))
-            await until_event(stub, running.job_id, "started")
-            waiting = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "w")))
-            assert waiting.queue_position == 1
-            cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=waiting.job_id))
-            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
-            await stub.CancelJob(pb.CancelJobRequest(job_id=running.job_id), timeout=15)
-    finally:
-        await gw.stop(grace=0)
+    async with serving(tmp_path, simulator.url, backend_prefetch=0) as (_gw, stub):
+        running = await stub.Generate(workflow_request(slow_workflow(200, 0.02, "r")))
+        await until_event(stub, running.job_id, "started")
+        waiting = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "w")))
+        assert waiting.queue_position == 1
+        cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=waiting.job_id))
+        assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+        await stub.CancelJob(pb.CancelJobRequest(job_id=running.job_id), timeout=15)
     assert simulator.submitted_prompt_ids == [running.job_id]
 
 

@@ -30,7 +30,7 @@ from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
 from testkit import gateway_settings
 
-from .helpers import slow_workflow, small_image, until_event, workflow_request
+from .helpers import serving, slow_workflow, small_image, until_event, workflow_request
 
 
 async def _result(stub: pb_grpc.GenerationServiceStub, job_id: str) -> job_pb2.Job:
@@ -86,53 +86,39 @@ async def _until_message(socket: Any, *kinds: str) -> str:
 async def test_cancel_deletes_only_the_jobs_own_prompt(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gw = Gateway(gateway_settings(tmp_path, simulator.url, backend_prefetch=2))
-    await gw.start()
-    try:
-        assert await gw.wait_backends(10)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            blocker = await stub.Generate(workflow_request(slow_workflow(100, 0.02, "block")))
-            await until_event(stub, blocker.job_id, "started")
-            first = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "p1")))
-            second = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "p2")))
-            await until_event(stub, second.job_id, "queued")
-            await _post_prompt(simulator, slow_workflow(1, 0.0, "theirs"), "theirs")
-            pending = {item[1] for item in (await _queue(simulator))["queue_pending"]}
-            assert {first.job_id, second.job_id, "theirs"} <= pending
+    async with serving(tmp_path, simulator.url, backend_prefetch=2) as (_gw, stub):
+        blocker = await stub.Generate(workflow_request(slow_workflow(100, 0.02, "block")))
+        await until_event(stub, blocker.job_id, "started")
+        first = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "p1")))
+        second = await stub.Generate(workflow_request(slow_workflow(1, 0.0, "p2")))
+        await until_event(stub, second.job_id, "queued")
+        await _post_prompt(simulator, slow_workflow(1, 0.0, "theirs"), "theirs")
+        pending = {item[1] for item in (await _queue(simulator))["queue_pending"]}
+        assert {first.job_id, second.job_id, "theirs"} <= pending
 
-            cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id))
-            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
-            pending = {item[1] for item in (await _queue(simulator))["queue_pending"]}
-            assert pending == {second.job_id, "theirs"}
-            await stub.CancelJob(pb.CancelJobRequest(job_id=blocker.job_id), timeout=15)
-            assert (await _result(stub, second.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
-    finally:
-        await gw.stop(grace=0)
+        cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id))
+        assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+        pending = {item[1] for item in (await _queue(simulator))["queue_pending"]}
+        assert pending == {second.job_id, "theirs"}
+        await stub.CancelJob(pb.CancelJobRequest(job_id=blocker.job_id), timeout=15)
+        assert (await _result(stub, second.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
 
 
 async def test_an_interrupt_that_hits_the_next_prompt_hands_it_out_again(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gw = Gateway(gateway_settings(tmp_path, simulator.url))
-    await gw.start()
-    try:
-        assert await gw.wait_backends(10)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-            stub = pb_grpc.GenerationServiceStub(channel)
-            first = await stub.Generate(workflow_request(slow_workflow(100, 0.02, "a")))
-            await until_event(stub, first.job_id, "started")
-            victim = await stub.Generate(workflow_request(slow_workflow(100, 0.01, "b")))
-            await stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id), timeout=15)
-            await until_event(stub, victim.job_id, "node_progress")
-            # The gateway's interrupt for the first job, landing late: ComfyUI's
-            # interrupt flag stops whatever runs when it is read.
-            async with httpx.AsyncClient(base_url=simulator.url) as http:
-                await http.post("/interrupt")
-            job = await _result(stub, victim.job_id)
-            assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
-    finally:
-        await gw.stop(grace=0)
+    async with serving(tmp_path, simulator.url) as (_gw, stub):
+        first = await stub.Generate(workflow_request(slow_workflow(100, 0.02, "a")))
+        await until_event(stub, first.job_id, "started")
+        victim = await stub.Generate(workflow_request(slow_workflow(100, 0.01, "b")))
+        await stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id), timeout=15)
+        await until_event(stub, victim.job_id, "node_progress")
+        # The gateway's interrupt for the first job, landing late: ComfyUI's
+        # interrupt flag stops whatever runs when it is read.
+        async with httpx.AsyncClient(base_url=simulator.url) as http:
+            await http.post("/interrupt")
+        job = await _result(stub, victim.job_id)
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
     assert simulator.submitted_prompt_ids.count(victim.job_id) == 2
 
 
