@@ -187,6 +187,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     fleet_targets(results, add)
 
+    prev = _get(results, "sections", "previews") or {}
+    medians = prev.get("medians") or {}
+    on, off = _num(_get(medians, "on", "p99_ms")), _num(_get(medians, "off", "p99_ms"))
+    if prev:
+        lost = sum(int(_get(medians, k, "lost") or 0) for k in ("on", "off"))
+        add(
+            "Previews: others' progress p99, 50 of 100 streams taking previews",
+            "<= 1.1 x the same run with no previews, no event lost",
+            f"{fmt_ratio(ratio(on, off))} ({fmt(on, 2)} vs {fmt(off, 2)} ms); lost {lost}",
+            None if on is None or off is None else on <= 1.1 * off and lost == 0,
+            f"{prev.get('runs', '?')} runs, previews at {fmt(prev.get('preview_fps'), 0)}/s",
+        )
+
     mem = _get(results, "sections", "memory") or {}
     idle = _num(mem.get("idle_rss_mib"))
     add(

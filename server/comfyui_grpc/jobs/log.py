@@ -75,6 +75,11 @@ class Subscription:
         return self._pending.popleft() if self._pending else None
 
     @property
+    def pending(self) -> bool:
+        """An event waits to be taken."""
+        return bool(self._pending)
+
+    @property
     def finished(self) -> bool:
         """Closed and drained: nothing more will come."""
         return self._closed and not self._pending

@@ -97,6 +97,12 @@ async def with_previews(
             if latest is not None and slot.version != sent_version:
                 now = loop.time()
                 if now >= next_at:
+                    # A preview and its step's progress arrive together: let
+                    # every stream woken for events write first, then send.
+                    await asyncio.sleep(0)
+                    if subscription.pending:
+                        continue
+                    latest = slot.latest or latest
                     sent_version, next_at = slot.version, now + min_interval
                     yield latest
                     continue
