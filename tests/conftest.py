@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,7 +13,8 @@ import pytest
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
-from testkit import gateway_settings
+from support.postgres import PostgresServer, postgres_bindir
+from testkit import STRICT, gateway_settings
 
 # The chaos run's fresh seed, chosen once per session and printed in the header.
 CHAOS_RANDOM_SEED = int(
@@ -68,3 +69,27 @@ async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
     return pb_grpc.GenerationServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started on first use; each test
+    takes a database of its own (``create_database``)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        message = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+        if STRICT:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL, password included, of a new empty database."""
+    return postgres_server.url(postgres_server.create_database())

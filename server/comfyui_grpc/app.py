@@ -35,7 +35,7 @@ from .observability.health import HealthMonitor
 from .observability.interceptors import CallInterceptor, DrainGate, TokenAuthInterceptor
 from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
-from .redact import redact_url
+from .redact import redact_database_url, redact_url
 from .state import open_job_store
 from .storage import ArtifactStore, make_store
 from .tasks import TaskSet
@@ -125,7 +125,9 @@ class Gateway:
             pool=self.pool,
             store=self.store,
             metrics=self.metrics,
-            job_store=open_job_store(settings.state_path),
+            job_store=open_job_store(
+                settings.state_path, url=settings.state_url, url_file=settings.state_url_file
+            ),
             settings=JobServiceSettings(
                 max_queued_jobs=settings.max_queued_jobs,
                 reconcile_interval_seconds=settings.reconcile_interval_seconds,
@@ -380,9 +382,12 @@ class Gateway:
         if not counts:
             return "jobs left: 0"
         by_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        recorded_in = self.settings.state_path or (
+            redact_database_url(self.settings.state_url) or self.settings.state_url_file
+        )
         where = (
-            f"recorded in {self.settings.state_path}, resumed at the next start"
-            if self.settings.state_path
+            f"recorded in {recorded_in}, resumed at the next start"
+            if recorded_in
             else "not recorded (no --state-path): ComfyUI may finish them, unstored"
         )
         return f"jobs left: {sum(counts.values())} ({by_state}) in ComfyUI, {where}"

@@ -24,6 +24,7 @@ from .app import Gateway, PortUnavailable
 from .backends.diagnosis import check_at_start
 from .config import Settings, add_arguments, callback_problem, describe, settings_from_args
 from .exposure import exposure_problem
+from .state import JobStoreUnavailable
 
 log = logging.getLogger("comfyui_grpc")
 
@@ -199,5 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(_dev(args, settings))
     except PortUnavailable as exc:
         print(f"comfyui-grpc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except JobStoreUnavailable as exc:  # the database is down or refused us at start
+        print(f"comfyui-grpc {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 from .callbacks.policy import AllowList
 from .callbacks.signing import read_secrets
-from .redact import redact_url
+from .redact import redact_database_url, redact_url
 from .storage import StorageSettings, add_storage_arguments, storage_settings_from_args
 
 DEFAULT_PORT = 50051
@@ -62,6 +62,11 @@ class Settings:
     """CA bundle for client certificates; set it to require mutual TLS."""
     state_path: str = ""
     """SQLite file for durable job records; empty keeps jobs in memory only."""
+    state_url: str = field(default="", repr=False)
+    """PostgreSQL URL for durable job records shared by several gateways
+    (may carry a password: kept out of repr, shown redacted)."""
+    state_url_file: str = ""
+    """File holding the PostgreSQL URL, read at start."""
     templates_dir: str = ""
     """Directory of workflow template files (YAML/JSON), re-read on change and SIGHUP."""
     templates_reload_seconds: float = 2.0
@@ -124,6 +129,8 @@ class Settings:
                 result[f.name] = f"{len(value)} token(s) ***" if value else "none"
             elif f.name == "comfyui_urls":
                 result[f.name] = tuple(redact_url(url) for url in value)
+            elif f.name == "state_url":
+                result[f.name] = redact_database_url(value)
             elif f.name == "comfyui_headers":
                 result[f.name] = tuple(f"{name}: ***" for name, _ in value)
             else:
@@ -218,6 +225,14 @@ def callback_problem(settings: Settings) -> str:
     except (OSError, ValueError) as exc:
         return f"--callback-secret-file: {exc}"
     return ""
+
+
+def _postgres_url(text: str) -> str:
+    """A PostgreSQL URL; the error never repeats it (it may hold a password)."""
+    url = text.strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("must be a postgresql:// URL")
+    return url
 
 
 def _log_format(text: str) -> str:
@@ -339,6 +354,22 @@ OPTIONS: tuple[Option, ...] = (
         "state_path",
         str,
         "SQLite file for durable job records (default: in memory only)",
+    ),
+    Option(
+        "--state-url",
+        "COMFYUI_GRPC_STATE_URL",
+        "state_url",
+        _postgres_url,
+        "PostgreSQL URL for job records that several gateways share, instead of "
+        "--state-path; a password in it is used, never shown (libpq's PGPASSWORD and "
+        "~/.pgpass work too)",
+    ),
+    Option(
+        "--state-url-file",
+        "COMFYUI_GRPC_STATE_URL_FILE",
+        "state_url_file",
+        str,
+        "file holding the --state-url, e.g. a mounted secret",
     ),
     Option(
         "--templates-dir",
@@ -532,7 +563,8 @@ def settings_from_args(
             try:
                 values[option.attr] = option.parse(raw_env)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"comfyui-grpc: {option.env}={raw_env!r}: {exc}") from None
+                shown = "(not shown)" if option.attr == "state_url" else repr(raw_env)
+                raise SystemExit(f"comfyui-grpc: {option.env}={shown}: {exc}") from None
         flag_value = getattr(args, option.attr, None)
         if flag_value is not None:
             if option.attr in _REPEATED:
@@ -543,7 +575,26 @@ def settings_from_args(
     except ValueError as exc:
         raise SystemExit(f"comfyui-grpc: storage settings: {exc}") from None
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    if problem := state_problem(settings):
+        raise SystemExit(f"comfyui-grpc: {problem}")
+    return settings
+
+
+def state_problem(settings: Settings) -> str:
+    """Why the job store settings cannot be used together; "" when they can."""
+    named = [
+        f"{option.flag} ({option.env})"
+        for option in OPTIONS
+        if option.attr in ("state_path", "state_url", "state_url_file")
+        and getattr(settings, option.attr)
+    ]
+    if len(named) < 2:
+        return ""
+    return (
+        f"{' and '.join(named)} are both set, but jobs are recorded in one place: "
+        "keep the one to use"
+    )
 
 
 def describe(settings: Settings) -> Sequence[str]:

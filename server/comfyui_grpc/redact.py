@@ -26,3 +26,15 @@ def redact_url(url: str) -> str:
     if "@" not in authority:
         return url
     return f"{scheme}{sep}{authority.rpartition('@')[2]}{tail}"
+
+
+def redact_database_url(url: str) -> str:
+    """A database URL (``postgresql://user:password@host/db?...``) as it may be
+    shown: :func:`redact_url`, and without a ``password=`` query parameter,
+    where libpq takes one too."""
+    shown = redact_url(url)
+    base, sep, query = shown.partition("?")
+    if not sep:
+        return shown
+    kept = [part for part in query.split("&") if part.partition("=")[0].lower() != "password"]
+    return f"{base}?{'&'.join(kept)}" if kept else base

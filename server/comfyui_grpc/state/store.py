@@ -366,5 +366,26 @@ class SqliteJobStore(JobStore):
         )
 
 
-def open_job_store(path: str) -> JobStore:
+def open_job_store(path: str = "", *, url: str = "", url_file: str = "") -> JobStore:
+    """The store the settings name: PostgreSQL for a URL (or a file holding
+    one), SQLite for a path, none at all otherwise. Naming two is an error:
+    silently preferring one would hide jobs recorded in the other."""
+    named = [
+        flag
+        for flag, value in (
+            ("--state-path", path),
+            ("--state-url", url),
+            ("--state-url-file", url_file),
+        )
+        if value
+    ]
+    if len(named) > 1:
+        raise ValueError(
+            f"{' and '.join(named)} are both set; the job store is one of them: "
+            "keep the one to use (unset the flag or its COMFYUI_GRPC_ variable)"
+        )
+    if url or url_file:
+        from .postgres import PostgresJobStore  # the driver loads only when used
+
+        return PostgresJobStore(url, url_file=url_file)
     return SqliteJobStore(Path(path)) if path else NullJobStore()

@@ -1,4 +1,5 @@
-"""The SQLite job store: what is written comes back, including the event log."""
+"""The job store contract, for SQLite and PostgreSQL alike: what is written
+comes back, including the event log."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,27 +16,38 @@ from comfyui_grpc.jobs import events as ev
 from comfyui_grpc.jobs.job import Job, JobSpec
 from comfyui_grpc.jobs.log import RESTART_SEQUENCE_GAP
 from comfyui_grpc.jobs.model import Artifact, JobFailure, JobKind, JobState, OutputFile
-from comfyui_grpc.state import CallbackRecord, NullJobStore, SqliteJobStore
+from comfyui_grpc.state import CallbackRecord, JobStore, NullJobStore, SqliteJobStore
 from comfyui_grpc.workflows import TextToImageParams, text_to_image_graph
 
 JOB_ID = "00000000-0000-4000-8000-0000000000aa"
 
+StoreFactory = Callable[..., JobStore]
+"""``make_store`` (conftest.py): a new store on the test's one database."""
 
-def _job() -> Job:
-    graph = text_to_image_graph(JOB_ID, TextToImageParams(prompt="a cat", steps=3))
+
+def _job(job_id: str = JOB_ID, request_id: str = "req-1") -> Job:
+    graph = text_to_image_graph(job_id, TextToImageParams(prompt="a cat", steps=3))
     spec = JobSpec(
         kind=JobKind.TEXT_TO_IMAGE,
         workflow=graph,
         workflow_sha256="abc",
-        request_id="req-1",
+        request_id=request_id,
         labels={"team": "a"},
         field_map={("1", "ckpt_name"): "text_to_image.checkpoint"},
     )
-    return Job(JOB_ID, spec)
+    return Job(job_id, spec)
 
 
-async def test_running_job_round_trips_with_its_events(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "state.db")
+def _finish(job: Job) -> None:
+    job.started()
+    job.nodes_cached(["1"])
+    job.uploading({})
+    job.succeeded()
+    assert job.terminal
+
+
+async def test_running_job_round_trips_with_its_events(make_store: StoreFactory) -> None:
+    store = make_store()
     await store.open()
     job = _job()
     store.track(job)
@@ -47,7 +60,7 @@ async def test_running_job_round_trips_with_its_events(tmp_path: Path) -> None:
     job.node_progress("5", 2, 3)
     await store.close()
 
-    reopened = SqliteJobStore(tmp_path / "state.db")
+    reopened = make_store()
     await reopened.open()
     (restored,) = await reopened.unfinished()
     assert restored.job_id == JOB_ID
@@ -64,8 +77,10 @@ async def test_running_job_round_trips_with_its_events(tmp_path: Path) -> None:
     await reopened.close()
 
 
-async def test_finished_job_is_not_unfinished_and_keeps_artifacts(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "state.db")
+async def test_finished_job_is_not_unfinished_and_keeps_artifacts(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
     await store.open()
     job = _job()
     store.track(job)
@@ -84,7 +99,7 @@ async def test_finished_job_is_not_unfinished_and_keeps_artifacts(tmp_path: Path
     )
     job.succeeded()
     await store.close()
-    reopened = SqliteJobStore(tmp_path / "state.db")
+    reopened = make_store()
     await reopened.open()
     assert await reopened.unfinished() == []
     loaded = await reopened.load(JOB_ID)
@@ -96,15 +111,78 @@ async def test_finished_job_is_not_unfinished_and_keeps_artifacts(tmp_path: Path
     await reopened.close()
 
 
-async def test_forget_removes_a_job(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "state.db")
-    await store.open()
+async def test_forget_removes_a_job(job_store: JobStore) -> None:
     job = _job()
-    store.track(job)
-    await store.save_now(job)
-    await store.forget(JOB_ID)
-    assert await store.load(JOB_ID) is None
+    job_store.track(job)
+    await job_store.save_now(job)
+    await job_store.forget(JOB_ID)
+    assert await job_store.load(JOB_ID) is None
+    assert await job_store.by_request("req-1") is None
+
+
+async def test_reopening_keeps_every_job_and_every_event(make_store: StoreFactory) -> None:
+    """Many jobs over several write-behind batches, then a restart: all of it comes back."""
+    store = make_store(flush_interval_seconds=3600)  # only save_now, 500 events and close write
+    await store.open()
+    jobs = [_job(f"00000000-0000-4000-8000-{n:012x}", f"req-{n}") for n in range(40)]
+    for n, job in enumerate(jobs):
+        store.track(job)
+        await store.save_now(job)
+        job.queued(n, "")
+        job.backend = "http://comfy:8188"
+        job.started()
+        for step in range(1, 20):
+            job.node_progress("5", step, 20)
+        if n % 2:
+            _finish(job)
     await store.close()
+
+    reopened = make_store()
+    await reopened.open()
+    try:
+        unfinished = {job.job_id: job for job in await reopened.unfinished()}
+        assert set(unfinished) == {job.job_id for job in jobs[::2]}
+        for n, job in enumerate(jobs):
+            loaded = await reopened.load(job.job_id)
+            assert loaded is not None
+            assert loaded.state is job.state
+            assert [e.payload for e in loaded.log] == [e.payload for e in job.log]
+            assert [e.sequence for e in loaded.log] == [e.sequence for e in job.log]
+            found = await reopened.by_request(f"req-{n}")
+            assert found is not None
+            assert found.job_id == job.job_id
+        assert await reopened.load("00000000-0000-4000-8000-ffffffffffff") is None
+        assert await reopened.by_request("req-unknown") is None
+    finally:
+        await reopened.close()
+
+
+async def test_finished_jobs_past_retention_are_dropped_at_open(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.open()
+    finished, running = _job(request_id="done"), _job(JOB_ID.replace("aa", "bb"), "running")
+    for job in (finished, running):
+        store.track(job)
+        await store.save_now(job)
+    _finish(finished)
+    running.started()
+    await store.close()
+
+    kept = make_store(retention_seconds=3600)
+    await kept.open()
+    assert await kept.load(finished.job_id) is not None
+    await kept.close()
+
+    trimmed = make_store(retention_seconds=0)
+    await trimmed.open()
+    try:
+        assert await trimmed.load(finished.job_id) is None
+        assert await trimmed.by_request("done") is None
+        (left,) = await trimmed.unfinished()
+        assert left.job_id == running.job_id
+        assert [e.payload for e in left.log] == [e.payload for e in running.log]
+    finally:
+        await trimmed.close()
 
 
 async def test_close_waits_for_a_write_already_on_the_worker_thread(
@@ -144,8 +222,8 @@ async def test_close_waits_for_a_write_already_on_the_worker_thread(
     await reopened.close()
 
 
-async def test_callbacks_round_trip_and_open_ones_come_back(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "state.db")
+async def test_callbacks_round_trip_and_open_ones_come_back(make_store: StoreFactory) -> None:
+    store = make_store()
     await store.open()
     first = CallbackRecord(job_id="a", delivery_id="d-a", url="https://h/x", updated=1.0)
     kept = await store.add_callback(first)
@@ -164,7 +242,7 @@ async def test_callbacks_round_trip_and_open_ones_come_back(tmp_path: Path) -> N
     await store.save_callback(replace(done, job_id="old", updated=1.0))
     await store.close()
 
-    reopened = SqliteJobStore(tmp_path / "state.db")
+    reopened = make_store()
     await reopened.open()
     assert await reopened.open_callbacks() == [pending]
     assert await reopened.callback("b") == done

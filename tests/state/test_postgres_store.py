@@ -1,0 +1,204 @@
+"""What only a shared PostgreSQL job store promises: several gateways start
+on one database at once, a request_id is one job across all of them, and
+credentials reach the server but never a log line or an error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import psycopg
+import pytest
+from comfyui_grpc.jobs.job import Job, JobSpec
+from comfyui_grpc.jobs.model import JobKind, JobState
+from comfyui_grpc.state import JobStoreUnavailable, RequestIdTaken
+from comfyui_grpc.state.postgres import MIGRATIONS, PostgresJobStore
+from comfyui_grpc.workflows import TextToImageParams, text_to_image_graph
+from support.postgres import PASSWORD, PostgresServer
+
+FIRST = "00000000-0000-4000-8000-000000000001"
+SECOND = "00000000-0000-4000-8000-000000000002"
+
+
+def _job(job_id: str, request_id: str = "") -> Job:
+    graph = text_to_image_graph(job_id, TextToImageParams(prompt="a cat", steps=3))
+    spec = JobSpec(
+        kind=JobKind.TEXT_TO_IMAGE, workflow=graph, workflow_sha256="abc", request_id=request_id
+    )
+    return Job(job_id, spec)
+
+
+async def _rows(url: str, query: str) -> list[tuple[object, ...]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(query.encode())
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def test_gateways_starting_together_migrate_an_empty_database_once(
+    postgres_url: str,
+) -> None:
+    stores = [PostgresJobStore(postgres_url) for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        rows = await _rows(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
+        assert [row[0] for row in rows] == [step.version for step in MIGRATIONS]
+        job = _job(FIRST, "r")
+        stores[0].track(job)
+        await stores[0].save_now(job)
+        loaded = await stores[3].by_request("r")
+        assert loaded is not None
+        assert loaded.job_id == FIRST
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_a_request_id_is_one_job_across_two_gateways(postgres_url: str) -> None:
+    one, two = PostgresJobStore(postgres_url), PostgresJobStore(postgres_url)
+    await one.open()
+    await two.open()
+    try:
+        first = _job(FIRST, "shared")
+        one.track(first)
+        await one.save_now(first)
+
+        second, bystander = _job(SECOND, "shared"), _job(SECOND.replace("2", "3"), "other")
+        two.track(bystander)
+        two.track(second)
+        bystander.started()  # pending in two's batch when the refused job is written
+        with pytest.raises(RequestIdTaken) as refused:
+            await two.save_now(second)
+        assert refused.value.job_id == FIRST
+        assert "retry" in refused.value.message
+
+        assert await two.load(SECOND) is None
+        found = await two.by_request("shared")
+        assert found is not None
+        assert found.job_id == FIRST
+        # The refusal cost nothing else in the same batch.
+        written = await one.load(bystander.job_id)
+        assert written is not None
+        assert written.state is JobState.RUNNING
+        # A refused job leaves no events behind, even if it emits some.
+        second.started()
+        await two.close()
+        assert await _rows(postgres_url, f"SELECT 1 FROM events WHERE job_id = '{SECOND}'") == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_two_gateways_racing_for_a_request_id_record_one_job(postgres_url: str) -> None:
+    one, two = PostgresJobStore(postgres_url), PostgresJobStore(postgres_url)
+    await asyncio.gather(one.open(), two.open())
+    try:
+        jobs = [_job(FIRST, "race"), _job(SECOND, "race")]
+        one.track(jobs[0])
+        two.track(jobs[1])
+        outcomes = await asyncio.gather(
+            one.save_now(jobs[0]), two.save_now(jobs[1]), return_exceptions=True
+        )
+        assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "RequestIdTaken"]
+        winner = jobs[outcomes.index(None)].job_id
+        loser = next(o for o in outcomes if isinstance(o, RequestIdTaken))
+        assert loser.job_id == winner
+        assert await _rows(postgres_url, "SELECT job_id FROM jobs") == [(winner,)]
+    finally:
+        await asyncio.gather(one.close(), two.close())
+
+
+async def test_a_batch_the_database_refused_is_written_at_the_next_flush(
+    postgres_url: str,
+) -> None:
+    store = PostgresJobStore(postgres_url, flush_interval_seconds=3600)
+    await store.open()
+    try:
+        job = _job(FIRST)
+        store.track(job)
+        await store.save_now(job)
+        await _rows(postgres_url, "ALTER TABLE events RENAME TO events_away")
+        job.started()
+        job.node_progress("5", 1, 3)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await store.flush()
+        await _rows(postgres_url, "ALTER TABLE events_away RENAME TO events")
+        job.node_progress("5", 2, 3)
+        assert await store.flush() == set()
+        loaded = await store.load(FIRST)
+        assert loaded is not None
+        assert [e.sequence for e in loaded.log] == [e.sequence for e in job.log]
+    finally:
+        await store.close()
+
+
+async def test_connections_the_database_dropped_are_replaced(postgres_url: str) -> None:
+    store = PostgresJobStore(postgres_url)
+    await store.open()
+    try:
+        job = _job(FIRST)
+        store.track(job)
+        await store.save_now(job)
+        dropped = await _rows(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        assert dropped, "the store held no connection"
+        loaded = await store.load(FIRST)
+        assert loaded is not None
+    finally:
+        await store.close()
+
+
+async def test_the_url_may_leave_the_password_to_libpq_or_a_file(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = postgres_server.create_database()
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    from_env = PostgresJobStore(postgres_server.url(database, password=False))
+    await from_env.open()
+    await from_env.close()
+    monkeypatch.delenv("PGPASSWORD")
+
+    url_file = tmp_path / "state-url"
+    url_file.write_text(postgres_server.url(database) + "\n")
+    from_file = PostgresJobStore(url_file=str(url_file))
+    assert PASSWORD not in repr(from_file)
+    await from_file.open()
+    try:
+        job = _job(FIRST)
+        from_file.track(job)
+        await from_file.save_now(job)
+        assert await from_file.load(FIRST) is not None
+    finally:
+        await from_file.close()
+
+
+async def test_a_refused_login_says_why_without_the_password(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "not-" + PASSWORD
+    url = postgres_server.url(postgres_server.create_database()).replace(PASSWORD, wrong)
+    store = PostgresJobStore(url, connect_timeout_seconds=5)
+    with caplog.at_level(logging.DEBUG), pytest.raises(JobStoreUnavailable) as refused:
+        await store.open()
+    message = refused.value.message
+    assert "password authentication failed" in message
+    assert f"127.0.0.1:{postgres_server.port}" in message
+    assert wrong not in message
+    assert wrong not in caplog.text
+
+
+async def test_an_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    from support.net import free_port
+
+    port = free_port()
+    url = f"postgresql://gw:secret-pw@127.0.0.1:{port}/jobs"
+    with pytest.raises(JobStoreUnavailable) as refused:
+        await PostgresJobStore(url, connect_timeout_seconds=2).open()
+    assert "secret-pw" not in refused.value.message
+    assert f"(postgresql://127.0.0.1:{port}/jobs) cannot be used" in refused.value.message
+    assert "Connection refused" in refused.value.message
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(JobStoreUnavailable, match="cannot be read"):
+        await PostgresJobStore(url_file=str(missing)).open()
