@@ -6,7 +6,7 @@ code breaks it (``scripts/mutants.py`` applies those breaks and checks).
 - an interrupt that lands on the next prompt (a race ComfyUI allows) does not
   fail that job: it is handed out again;
 - a job is recorded, with its backend, before ComfyUI sees it;
-- a ``request_id`` is found in the job store after a restart;
+- a ``request_id`` is found in the job store (SQLite or PostgreSQL) after a restart;
 - a submission whose answer was lost is not submitted again;
 - a graph ComfyUI only partly accepts (``200`` with ``node_errors``) is
   withdrawn: it never runs to the end.
@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 import websockets
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.comfyui.client import ComfyUIClient
@@ -154,10 +155,16 @@ async def test_a_job_is_recorded_with_its_backend_before_comfyui_sees_it(
     assert f'"backend":"{simulator.url}"' in seen[0][1]
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 async def test_a_request_id_is_found_in_the_store_after_a_restart(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    settings = gateway_settings(tmp_path, simulator.url, state_path=str(tmp_path / "s.db"))
+    where = (
+        {"state_path": str(tmp_path / "s.db")}
+        if store == "sqlite"
+        else {"state_url": request.getfixturevalue("postgres_url")}
+    )
+    settings = gateway_settings(tmp_path, simulator.url, **where)
     request = small_image(request_id="once-only")
     job_ids = []
     for _ in range(2):
