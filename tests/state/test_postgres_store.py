@@ -202,3 +202,50 @@ async def test_an_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nothing-here"
     with pytest.raises(JobStoreUnavailable, match="cannot be read"):
         await PostgresJobStore(url_file=str(missing)).open()
+
+
+async def test_writes_made_while_the_database_is_down_land_when_it_is_back(
+    postgres_server: PostgresServer,
+) -> None:
+    """A server of its own, stopped and started again under a running store."""
+    server = PostgresServer(postgres_server.bindir)
+    await asyncio.to_thread(server.start)
+    store: PostgresJobStore | None = None
+    try:
+        store = PostgresJobStore(
+            server.url(server.create_database()),
+            flush_interval_seconds=3600,
+            connect_timeout_seconds=1,
+        )
+        await store.open()
+        job = _job(FIRST, "kept")
+        store.track(job)
+        await store.save_now(job)
+        await asyncio.to_thread(server.stop, keep=True)
+
+        job.started()
+        job.node_progress("5", 1, 3)
+        with pytest.raises(JobStoreUnavailable) as down:
+            await store.flush()
+        assert PASSWORD not in down.value.message
+        refused = _job(SECOND, "never")
+        store.track(refused)
+        with pytest.raises(JobStoreUnavailable):
+            await store.save_now(refused)  # Generate answers UNAVAILABLE: the job is dropped
+
+        await asyncio.to_thread(server.start)
+        for _ in range(30):  # the pool reconnects with a back-off of its own
+            try:
+                await store.flush()
+                break
+            except JobStoreUnavailable:
+                continue
+        loaded = await store.load(FIRST)
+        assert loaded is not None
+        assert [e.sequence for e in loaded.log] == [e.sequence for e in job.log]
+        assert await store.load(SECOND) is None
+        assert await store.by_request("never") is None
+    finally:
+        if store is not None:
+            await store.close()
+        await asyncio.to_thread(server.stop)

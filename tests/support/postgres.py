@@ -89,54 +89,44 @@ class PostgresServer:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout}{done.stderr}{log}")
 
     def start(self) -> None:
-        pwfile = self.root / "pwfile"
-        pwfile.write_text(PASSWORD + "\n")
-        if self._user is not None:
-            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data),
-            "-U",
-            SUPERUSER,
-            f"--pwfile={pwfile}",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        )
+        """Create the cluster (the first time), then start it; a restart keeps its port."""
+        if not self.data.exists():
+            self._init()
         for attempt in range(3):
-            self.port = free_port()
+            self.port = self.port or free_port()
             options = (
                 f"-h 127.0.0.1 -p {self.port} -k {self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             )
             try:
                 self._run(
-                    "pg_ctl",
-                    "start",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.log),
-                    "-o",
-                    options,
-                )
+                    "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
+                    "-l", str(self.log), "-o", options,
+                )  # fmt: skip
                 return
             except RuntimeError:
+                self.port = 0
                 if attempt == 2:  # another process took the free port in between
                     raise
 
-    def stop(self) -> None:
+    def _init(self) -> None:
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(PASSWORD + "\n")
+        if self._user is not None:
+            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+        self._run(
+            "initdb", "-D", str(self.data), "-U", SUPERUSER, f"--pwfile={pwfile}",
+            "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8",
+        )  # fmt: skip
+
+    def stop(self, *, keep: bool = False) -> None:
+        """Stop the server (dropping its connections); remove everything unless ``keep``."""
         try:
             if (self.data / "postmaster.pid").exists():
                 self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data))
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres", *, password: bool = True) -> str:
         secret = f":{PASSWORD}" if password else ""

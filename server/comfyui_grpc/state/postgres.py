@@ -284,12 +284,12 @@ class PostgresJobStore(JobStore):
             return
         try:
             await self.flush()
-        except JobStoreUnavailable as exc:
+        except (JobStoreUnavailable, psycopg.Error) as exc:
             log.error(
                 "%d job record(s) and %d event(s) not written at stop: %s",
                 len(self._dirty),
                 len(self._events),
-                exc.message,
+                exc.message if isinstance(exc, JobStoreUnavailable) else self._scrub(str(exc)),
             )
         pool, self._pool = self._pool, None
         await pool.close()
