@@ -39,8 +39,9 @@ async def test_gateways_starting_together_migrate_an_empty_database_once(
     postgres_url: str,
 ) -> None:
     stores = [PostgresJobStore(postgres_url) for _ in range(4)]
-    await asyncio.gather(*(store.open() for store in stores))
     try:
+        opened = await asyncio.gather(*(store.open() for store in stores), return_exceptions=True)
+        assert opened == [None] * len(stores)
         rows = await _rows(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
         assert [row[0] for row in rows] == [step.version for step in MIGRATIONS]
         job = _job(FIRST, "r")
