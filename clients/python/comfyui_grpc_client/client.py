@@ -535,6 +535,8 @@ class AsyncClient:
         *,
         params: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -558,6 +560,8 @@ class AsyncClient:
         return await self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,

@@ -415,6 +415,8 @@ class Client:
         *,
         params: Mapping[str, Any] | None = None,
         on_progress: SyncProgressCallback | None = None,
+        on_preview: SyncPreviewCallback | None = None,
+        preview_max_fps: float | None = None,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         priority: Priority | None = None,
@@ -430,6 +432,8 @@ class Client:
         return self.generate(
             request,
             on_progress=on_progress,
+            on_preview=on_preview,
+            preview_max_fps=preview_max_fps,
             request_id=request_id,
             labels=labels,
             priority=priority,
