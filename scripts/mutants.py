@@ -86,6 +86,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{GUARANTEES}::test_a_request_id_is_found_in_the_store_after_a_restart",),
     ),
     Mutant(
+        "duplicate-gets-an-unrecorded-job",
+        f"{SERVER}/jobs/service.py",
+        "if self.registry.get(existing.job_id) is existing or existing.terminal:",
+        "if True:",
+        (f"{GUARANTEES}::test_a_duplicate_of_a_request_that_could_not_be_recorded_tries_again",),
+    ),
+    Mutant(
         "lost-answer-assumed-not-landed",
         f"{SERVER}/scheduler/executor.py",
         "if exc.maybe_sent and await self._landed(backend, job):",

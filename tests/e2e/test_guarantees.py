@@ -14,10 +14,11 @@ code breaks it (``scripts/mutants.py`` applies those breaks and checks).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import httpx
@@ -26,6 +27,7 @@ import websockets
 from comfyui_grpc.app import Gateway
 from comfyui_grpc.comfyui.client import ComfyUIClient
 from comfyui_grpc.simulator import Simulator
+from comfyui_grpc.state import JobStoreUnavailable
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
@@ -253,3 +255,51 @@ async def test_a_graph_comfyui_only_partly_accepts_is_withdrawn(
         assert "execution_interrupted" in events, events
         assert "execution_success" not in events, events
     assert job.job_id not in str(await _queue(simulator))
+
+
+class _Watched(asyncio.Event):
+    """An event that says when someone starts waiting on it."""
+
+    def __init__(self, waiting: asyncio.Event) -> None:
+        super().__init__()
+        self._waiting = waiting
+
+    async def wait(self) -> Literal[True]:
+        self._waiting.set()
+        return await super().wait()
+
+
+async def test_a_duplicate_of_a_request_that_could_not_be_recorded_tries_again(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    async with serving(tmp_path, simulator.url) as (gw, stub):
+        store = gw.service.job_store
+        save_now = store.save_now
+        first_save = asyncio.Event()
+        release = asyncio.Event()
+
+        async def failing_once(job: Any) -> None:
+            if not first_save.is_set():
+                first_save.set()
+                await release.wait()
+                raise JobStoreUnavailable("the job store is down (test)")
+            await save_now(job)
+
+        store.save_now = failing_once  # type: ignore[method-assign]
+        request = small_image(request_id="same-request")
+        first = asyncio.ensure_future(stub.Generate(request, timeout=10))
+        await first_save.wait()
+        job = gw.service.registry.by_request("same-request")
+        assert job is not None
+        duplicate_waits = asyncio.Event()
+        job.recorded = _Watched(duplicate_waits)
+        second = asyncio.ensure_future(stub.Generate(request, timeout=10))
+        await duplicate_waits.wait()  # the duplicate waits for the first's record
+        release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await first
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        retried = await second
+        assert not retried.deduplicated
+        assert (await _result(stub, retried.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert simulator.submitted_prompt_ids == [retried.job_id]

@@ -186,7 +186,11 @@ class JobService:
                         reason="REQUEST_ID_REUSED",
                     )
                 await existing.recorded.wait()
-                return existing, True
+                if self.registry.get(existing.job_id) is existing or existing.terminal:
+                    return existing, True
+                # The first request could not be recorded and left no job: this
+                # one is a new try under the same request_id.
+                return await self.submit(spec, job_id=job_id)
         self._check_room(spec.caller)
         needs = needs_of(spec.workflow)
         self._check_runnable(spec, needs)
