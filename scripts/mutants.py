@@ -74,8 +74,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "no-record-before-post-prompt",
         f"{SERVER}/scheduler/executor.py",
-        "        await self.job_store.save_now(job)\n        try:\n",
-        "        try:\n",
+        "            await self.job_store.save_now(job)\n        except Exception as exc:",
+        "            pass\n        except Exception as exc:",
         (f"{GUARANTEES}::test_a_job_is_recorded_with_its_backend_before_comfyui_sees_it",),
     ),
     Mutant(

@@ -303,3 +303,24 @@ async def test_a_duplicate_of_a_request_that_could_not_be_recorded_tries_again(
         assert not retried.deduplicated
         assert (await _result(stub, retried.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
     assert simulator.submitted_prompt_ids == [retried.job_id]
+
+
+async def test_a_job_the_store_could_not_record_at_hand_over_is_not_sent_and_runs_later(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    async with serving(tmp_path, simulator.url) as (gw, stub):
+        store = gw.service.job_store
+        save_now = store.save_now
+        calls: list[str] = []
+
+        async def failing_at_hand_over(job: Any) -> None:
+            calls.append(job.backend)
+            if len(calls) == 2:  # 1: at Generate; 2: before POST /prompt
+                raise JobStoreUnavailable("the job store is down (test)")
+            await save_now(job)
+
+        store.save_now = failing_at_hand_over  # type: ignore[method-assign]
+        job = await stub.Generate(small_image(), timeout=10)
+        assert (await _result(stub, job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert calls == ["", simulator.url, simulator.url]
+    assert simulator.submitted_prompt_ids == [job.job_id]

@@ -154,7 +154,17 @@ class Fleet:
         job.attempts += 1
         # Recorded, with its backend, before ComfyUI sees it: after a crash, a
         # recorded job that its backend does not know was never submitted.
-        await self.job_store.save_now(job)
+        try:
+            await self.job_store.save_now(job)
+        except Exception as exc:
+            # Not recorded, so not sent: it goes back to the line and is
+            # handed out again once the backend is probed (the store may be back).
+            log.warning("could not record the job before submitting it: %s", exc,
+                        extra=job.log_context)  # fmt: skip
+            job.backend = ""
+            self.tell(self.core.submit_failed, job.job_id, attempt, refused=False)
+            self._probe_later(backend)
+            return
         try:
             result = await backend.client.submit(
                 dict(job.spec.workflow),
