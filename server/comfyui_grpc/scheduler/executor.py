@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -236,7 +237,7 @@ class Fleet:
 
     async def _probe(self, backend: Backend) -> None:
         try:
-            for attempt in range(10_000):
+            for attempt in itertools.count():
                 delay = PROBE_BACKOFF_SECONDS[min(attempt, len(PROBE_BACKOFF_SECONDS) - 1)]
                 await asyncio.sleep(delay)
                 if self.pool.get(backend.url) is not backend:
