@@ -378,16 +378,24 @@ class Gateway:
 
     def _jobs_left(self) -> str:
         """Unfinished jobs at stop and where they are, for the "stopped" line."""
-        counts = Counter(job.state.value for job in self.service.registry if not job.terminal)
-        if not counts:
+        open_jobs = [job for job in self.service.registry if not job.terminal]
+        if not open_jobs:
             return "jobs left: 0"
-        by_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        handed = Counter(job.state.value for job in open_jobs if job.backend)
+        waiting = len(open_jobs) - sum(handed.values())
+        parts = []
+        if handed:
+            by_state = ", ".join(f"{n} {state}" for state, n in sorted(handed.items()))
+            parts.append(f"{sum(handed.values())} ({by_state}) in ComfyUI")
+        if waiting:
+            parts.append(f"{waiting} waiting in the gateway's line")
         recorded_in = self.settings.state_path or (
             redact_database_url(self.settings.state_url) or self.settings.state_url_file
         )
         where = (
             f"recorded in {recorded_in}, resumed at the next start"
             if recorded_in
-            else "not recorded (no --state-path): ComfyUI may finish them, unstored"
+            else "not recorded (no --state-path): ComfyUI may finish the ones it holds, "
+            "unstored; the others are gone"
         )
-        return f"jobs left: {sum(counts.values())} ({by_state}) in ComfyUI, {where}"
+        return f"jobs left: {len(open_jobs)}: {'; '.join(parts)}; {where}"

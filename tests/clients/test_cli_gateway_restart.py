@@ -94,7 +94,7 @@ async def test_watch_rides_out_a_gateway_restart(simulator: Simulator, tmp_path:
     percents = [int(m) for m in re.findall(r"^\s*(\d+)% ", err, re.MULTILINE)]
     assert percents == sorted(percents), err  # the job's fraction never goes back
     assert_quiet(err)
-    assert "stopped; jobs left: 1 (1 running) in ComfyUI, recorded in" in "".join(first.lines)
+    assert "stopped; jobs left: 1: 1 (1 running) in ComfyUI; recorded in" in "".join(first.lines)
 
 
 async def test_no_gateway_is_one_readable_line() -> None:

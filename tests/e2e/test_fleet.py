@@ -4,6 +4,7 @@ fair share by caller, validation at Generate, cancel in the gateway's line."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -234,3 +235,17 @@ async def test_generate_with_no_backend_up_names_it_and_says_when_to_retry(
     assert error_info.reason == "NO_BACKEND"
     assert retry is not None
     assert retry.retry_delay.seconds > 0
+
+
+async def test_the_stopped_line_says_which_jobs_wait_in_the_gateway(
+    simulator: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="comfyui_grpc.app")
+    async with serving(tmp_path, simulator.url, backend_prefetch=0) as (_gw, stub):
+        running = await stub.Generate(workflow_request(slow_workflow(500, 0.02, "r")))
+        await until_event(stub, running.job_id, "started")
+        for n in range(2):
+            await stub.Generate(workflow_request(slow_workflow(1, 0.0, f"w{n}")))
+    stopped = [r.getMessage() for r in caplog.records if "stopped; jobs left" in r.getMessage()]
+    assert len(stopped) == 1
+    assert "jobs left: 3: 1 (1 running) in ComfyUI; 2 waiting in the gateway's line" in stopped[0]
