@@ -30,6 +30,10 @@ EXAMPLE_TEMPLATES = {
     path.name: path.read_text() for path in sorted((REPO_ROOT / "examples" / "templates").iterdir())
 }
 
+# A URL with a password: it must reach the gateway only through a Secret.
+POSTGRES_PASSWORD = "pg-Secret-5w0rdf1sh"
+POSTGRES_URL = f"postgresql://comfyui:{POSTGRES_PASSWORD}@postgres.db.svc:5432/jobs?sslmode=require"
+
 # The value sets every structural test runs on: the defaults and the deployments
 # docs/deploy.md describes.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -87,15 +91,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "templates-existing-configmap": {
         "templates": {"existingConfigMap": "studio-templates", "mountPath": "/srv/templates"}
     },
-    # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, several
-    # stateless gateways, an existing Secret, existing models claim, several GPU pods.
+    # Job records in PostgreSQL, the URL given inline (kept in the chart's Secret).
+    "postgres-inline": {"state": {"postgres": {"url": POSTGRES_URL}}},
+    # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, one gateway
+    # on PostgreSQL (URL in a Secret of the operator's), an existing Secret, existing models
+    # claim, several GPU pods.
     "ingress-netpol-ha": {
         "existingSecret": "comfyui-grpc-credentials",
         "auth": {"enabled": True},
+        "state": {
+            "postgres": {"existingSecret": "comfyui-grpc-postgres", "existingSecretKey": "uri"}
+        },
         "gateway": {
-            "replicaCount": 3,
-            "persistence": {"enabled": False},
-            "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": None},
+            "podDisruptionBudget": {"minAvailable": 0, "maxUnavailable": None},
             "service": {"annotations": {"example.com/owner": "ml-platform"}},
         },
         "comfyui": {
@@ -264,6 +272,7 @@ def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
     """Everything that points at something the release does not provide."""
     problems: list[str] = []
     existing_secrets = {values.get("existingSecret"), values.get("tls", {}).get("secretName")}
+    existing_secrets.add(values.get("state", {}).get("postgres", {}).get("existingSecret"))
     existing_secrets |= {t.get("secretName") for t in values.get("ingress", {}).get("tls", [])}
     existing_claims = {
         values.get("gateway", {}).get("persistence", {}).get("existingClaim"),
@@ -299,8 +308,12 @@ def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
                 problems.append(f"{name}: volume {vol['name']} needs a missing ConfigMap")
             if "secret" in vol:
                 ref = vol["secret"]["secretName"]
-                if ref not in existing_secrets and not rendered.find("Secret", ref):
+                keys = secret_keys(rendered, ref)
+                if ref not in existing_secrets and keys is None:
                     problems.append(f"{name}: volume {vol['name']} needs a missing Secret {ref}")
+                for item in vol["secret"].get("items", []):
+                    if keys is not None and item["key"] not in keys:
+                        problems.append(f"{name}: volume {vol['name']} needs key {item['key']}")
             if "persistentVolumeClaim" in vol:
                 claim = vol["persistentVolumeClaim"]["claimName"]
                 if claim not in existing_claims and not rendered.find(
@@ -890,21 +903,21 @@ def test_ingress_routes_grpc_through_traefik_with_h2c(render_chart: Any) -> None
     assert scheme["traefik.ingress.kubernetes.io/service.serversscheme"] == "https"
 
 
-def test_ha_set_uses_existing_secret_stateless_gateways_and_network_policies(
+def test_ha_set_uses_existing_secrets_postgres_and_network_policies(
     render_chart: Any,
 ) -> None:
     rendered = render_chart(VALUE_SETS["ingress-netpol-ha"])
     assert rendered.find("Secret", FULLNAME) is None
     deployment = rendered.get("Deployment", FULLNAME)
-    assert deployment["spec"]["replicas"] == 3
-    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
     assert rendered.find("PersistentVolumeClaim", f"{FULLNAME}-state") is None
     gateway = container(deployment, "gateway")
     refs = {n: v["secretKeyRef"] for n, v in env_of(gateway).items()}
     assert {r["name"] for r in refs.values()} == {"comfyui-grpc-credentials"}
     assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "COMFYUI_GRPC_AUTH_TOKENS"}
     pdb = rendered.get("PodDisruptionBudget", FULLNAME)
-    assert pdb["spec"] == {"minAvailable": 2, "selector": pdb["spec"]["selector"]}
+    assert pdb["spec"] == {"minAvailable": 0, "selector": pdb["spec"]["selector"]}
     comfyui = rendered.get("Deployment", f"{FULLNAME}-comfyui")
     assert comfyui["spec"]["replicas"] == 4
     claim = next(v for v in pod_spec(comfyui)["volumes"] if v["name"] == "models")
@@ -970,6 +983,14 @@ BAD_VALUES = [
     ({"templates": {"files": {"a.yaml": ""}}}, ["/templates/files/a.yaml"]),
     ({"templates": {"existingConfigMap": "My_Templates"}}, ["/templates/existingConfigMap"]),
     ({"templates": {"mountPath": "relative/dir"}}, ["/templates/mountPath"]),
+    ({"gateway": {"replicaCount": 0}}, ["/gateway/replicaCount"]),
+    (
+        {"state": {"postgres": {"url": "postgresql:/missing-slash"}}},
+        ["/state/postgres/url", "a postgresql:// or postgres:// URL"],
+    ),
+    ({"state": {"postgres": {"existingSecret": "My_Secret"}}}, ["/state/postgres/existingSecret"]),
+    ({"state": {"postgres": {"existingSecretKey": "a/b"}}}, ["/state/postgres/existingSecretKey"]),
+    ({"state": {"sqlite": {}}}, ["additional properties 'sqlite' not allowed"]),
 ]
 
 
@@ -988,8 +1009,26 @@ def test_bad_values_are_rejected_with_a_readable_message(
     assert "values don't meet the specifications of the schema" in str(on_render.value)
 
 
+REPLICAS_REFUSED = (
+    "several replicas need the shared queue and backend leases that this version does not "
+    "have yet; run one replica (with PostgreSQL or SQLite on a volume)"
+)
+
 CONFLICTING_VALUES = [
-    ({"gateway": {"replicaCount": 2}}, "gateway.persistence.enabled=false"),
+    ({"gateway": {"replicaCount": 2}}, REPLICAS_REFUSED),
+    ({"gateway": {"replicaCount": 3, "persistence": {"enabled": False}}}, REPLICAS_REFUSED),
+    (
+        {"gateway": {"replicaCount": 2}, "state": {"postgres": {"url": POSTGRES_URL}}},
+        REPLICAS_REFUSED,
+    ),
+    (
+        {"state": {"postgres": {"url": POSTGRES_URL, "existingSecret": "pg"}}},
+        "set state.postgres.url or state.postgres.existingSecret, not both",
+    ),
+    (
+        {"existingSecret": "mine", "state": {"postgres": {"url": POSTGRES_URL}}},
+        "name it in state.postgres.existingSecret",
+    ),
     ({"gateway": {"shutdownGraceSeconds": 60}}, "shorter than gateway.terminationGrace"),
     ({"comfyui": {"enabled": False}}, "needs externalComfyui.urls"),
     ({"externalComfyui": {"urls": ["http://x:8188"]}}, "set comfyui.enabled=false"),
@@ -1013,6 +1052,137 @@ def test_conflicting_values_fail_the_render_with_advice(
     with pytest.raises(helm_sdk.HelmRenderError) as caught:
         helm_chart.render(values, name=RELEASE, namespace=NAMESPACE)
     assert expected in str(caught.value)
+
+
+# --- job state on PostgreSQL ---------------------------------------------------------------
+
+STATE_URL_FILE = "/etc/comfyui-grpc/state/state-url"
+
+
+def gateway_settings(env: dict[str, str]) -> Any:
+    """The gateway's own reading of the chart's environment (it exits on a conflict)."""
+    import argparse
+
+    from comfyui_grpc.config import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return settings_from_args(parser.parse_args([]), environ=env)
+
+
+def state_url_volume(deployment: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """The Secret volume whose mounted file is COMFYUI_GRPC_STATE_URL_FILE."""
+    gateway = container(deployment, "gateway")
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    for mount in gateway["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if not secret:
+            continue
+        for item in secret.get("items", []):
+            if f"{mount['mountPath']}/{item['path']}" == env["COMFYUI_GRPC_STATE_URL_FILE"]:
+                assert mount.get("readOnly") is True
+                return secret
+    raise AssertionError(f"no Secret mounted at {env['COMFYUI_GRPC_STATE_URL_FILE']}")
+
+
+def assert_keeps_nothing_on_disk(rendered: Rendered, env: dict[str, str]) -> None:
+    """With PostgreSQL: no SQLite path, no state claim, no state volume, one pod at a time."""
+    deployment = rendered.get("Deployment", FULLNAME)
+    assert "COMFYUI_GRPC_STATE_PATH" not in env
+    assert rendered.find("PersistentVolumeClaim", f"{FULLNAME}-state") is None
+    volumes = pod_spec(deployment)["volumes"]
+    assert "state" not in {v["name"] for v in volumes}
+    assert not [v for v in volumes if "emptyDir" in v and v["name"] != "tmp"]
+    mounts = {m["mountPath"] for m in container(deployment, "gateway")["volumeMounts"]}
+    assert "/var/lib/comfyui-grpc" not in mounts
+    # A new pod takes back the unfinished jobs, so the old one must be gone first.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    settings = gateway_settings(env)
+    assert settings.state_url_file == STATE_URL_FILE
+    assert (settings.state_path, settings.state_url) == ("", "")
+
+
+def test_postgres_url_inline_lives_in_the_chart_secret_and_reaches_the_gateway_as_a_file(
+    render_chart: Any,
+) -> None:
+    rendered = render_chart(VALUE_SETS["postgres-inline"])
+    deployment = rendered.get("Deployment", FULLNAME)
+    gateway = container(deployment, "gateway")
+    env = configmap_env(rendered, gateway)
+    assert env["COMFYUI_GRPC_STATE_URL_FILE"] == STATE_URL_FILE
+    secret = state_url_volume(deployment, env)
+    assert secret["secretName"] == FULLNAME
+    assert secret["items"] == [{"key": "state-url", "path": "state-url"}]
+    assert secret["defaultMode"] == 0o440
+    stored = rendered.get("Secret", FULLNAME)["data"]["state-url"]
+    assert base64.b64decode(stored).decode() == POSTGRES_URL
+    assert_keeps_nothing_on_disk(rendered, env)
+    assert f"PostgreSQL, URL from secret/{FULLNAME} key state-url" in rendered.notes
+
+
+def test_postgres_url_from_an_existing_secret(render_chart: Any) -> None:
+    values = {
+        "state": {"postgres": {"existingSecret": "team-postgres", "existingSecretKey": "uri"}}
+    }
+    rendered = render_chart(values)
+    deployment = rendered.get("Deployment", FULLNAME)
+    env = configmap_env(rendered, container(deployment, "gateway"))
+    secret = state_url_volume(deployment, env)
+    assert secret["secretName"] == "team-postgres"
+    assert secret["items"] == [{"key": "uri", "path": "state-url"}]
+    # The chart's own Secret still holds the generated token, but no URL.
+    assert "state-url" not in rendered.get("Secret", FULLNAME)["data"]
+    assert_keeps_nothing_on_disk(rendered, env)
+    default_key = render_chart({"state": {"postgres": {"existingSecret": "team-postgres"}}})
+    deployment = default_key.get("Deployment", FULLNAME)
+    env = configmap_env(default_key, container(deployment, "gateway"))
+    assert state_url_volume(deployment, env)["items"] == [{"key": "state-url", "path": "state-url"}]
+
+
+@pytest.mark.parametrize("name", ["postgres-inline", "ingress-netpol-ha"])
+def test_the_postgres_url_is_never_in_a_configmap_or_an_env_value(
+    render_chart: Any, name: str
+) -> None:
+    rendered = render_chart(VALUE_SETS[name])
+    encoded = base64.b64encode(POSTGRES_URL.encode()).decode()
+    for doc in rendered.docs:
+        text = json.dumps(doc)
+        if doc["kind"] == "Secret":
+            continue
+        assert POSTGRES_PASSWORD not in text, f"{doc['kind']}/{doc['metadata']['name']}"
+        assert encoded not in text, f"{doc['kind']}/{doc['metadata']['name']}"
+    for configmap in rendered.of_kind("ConfigMap"):
+        assert not [v for v in configmap["data"].values() if "postgres" in v.lower()]
+    for workload in rendered.docs:
+        if workload["kind"] not in WORKLOAD_KINDS:
+            continue
+        for item in pod_spec(workload)["containers"]:
+            literal = [e["name"] for e in item.get("env", []) if "value" in e]
+            assert "COMFYUI_GRPC_STATE_URL" not in literal
+            assert "COMFYUI_GRPC_STATE_URL" not in env_of(item)
+            assert not [e for e in item.get("env", []) if "postgres" in str(e.get("value", ""))]
+    assert POSTGRES_PASSWORD not in rendered.notes
+
+
+def test_sqlite_stays_the_default_job_store(render_chart: Any) -> None:
+    rendered = render_chart({})
+    env = configmap_env(rendered, container(rendered.get("Deployment", FULLNAME), "gateway"))
+    assert "COMFYUI_GRPC_STATE_URL_FILE" not in env
+    assert gateway_settings(env).state_path == "/var/lib/comfyui-grpc/state.db"
+    assert "state-url" not in rendered.get("Secret", FULLNAME)["data"]
+    assert f"SQLite on persistentvolumeclaim/{FULLNAME}-state" in rendered.notes
+
+
+def test_a_malformed_postgres_url_is_refused_without_repeating_it(
+    helm_sdk: Any, helm_chart: Any
+) -> None:
+    url = POSTGRES_URL.replace("postgresql://", "mysql://")
+    with pytest.raises(helm_sdk.HelmValuesError) as caught:
+        helm_chart.validate_schema({"state": {"postgres": {"url": url}}})
+    assert "a postgresql:// or postgres:// URL" in str(caught.value)
+    assert POSTGRES_PASSWORD not in str(caught.value)
+    for good in (POSTGRES_URL, "postgres://db/jobs", ""):
+        helm_chart.validate_schema({"state": {"postgres": {"url": good}}})
 
 
 # --- the image the chart runs -------------------------------------------------------------

@@ -102,6 +102,35 @@ An image reference from {repository, tag, digest}. Call with (dict "image" .Valu
 {{- default (include "comfyui-grpc.fullname" .) .Values.existingSecret }}
 {{- end }}
 
+{{/*
+"true" when the gateway keeps its job records in PostgreSQL (state.postgres.url or
+state.postgres.existingSecret); it then keeps nothing on disk.
+*/}}
+{{- define "comfyui-grpc.postgres" -}}
+{{- if or .Values.state.postgres.url .Values.state.postgres.existingSecret -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the PostgreSQL URL: state.postgres.existingSecret or the chart's own. */}}
+{{- define "comfyui-grpc.stateUrlSecretName" -}}
+{{- default (include "comfyui-grpc.fullname" .) .Values.state.postgres.existingSecret }}
+{{- end }}
+
+{{/* The Secret key holding the PostgreSQL URL (the chart's own Secret always uses state-url). */}}
+{{- define "comfyui-grpc.stateUrlSecretKey" -}}
+{{- if .Values.state.postgres.existingSecret }}
+{{- .Values.state.postgres.existingSecretKey }}
+{{- else -}}
+state-url
+{{- end }}
+{{- end }}
+
+{{/* Where the PostgreSQL URL is mounted in the gateway container (COMFYUI_GRPC_STATE_URL_FILE). */}}
+{{- define "comfyui-grpc.stateUrlDir" -}}
+/etc/comfyui-grpc/state
+{{- end }}
+
 {{/* "true" when the gateway (and RustFS) read static S3 credentials from the Secret. */}}
 {{- define "comfyui-grpc.s3StaticCredentials" -}}
 {{- if or .Values.rustfs.enabled .Values.existingSecret .Values.s3.accessKeyId .Values.s3.secretAccessKey -}}
@@ -177,8 +206,15 @@ naming the values to change.
 */}}
 {{- define "comfyui-grpc.validate" -}}
 {{- $v := .Values }}
-{{- if and $v.gateway.persistence.enabled (gt (int $v.gateway.replicaCount) 1) }}
-{{- fail "gateway.replicaCount > 1 needs gateway.persistence.enabled=false: each gateway keeps its job records in its own SQLite file, which a single ReadWriteOnce volume cannot hold for several pods." }}
+{{- if gt (int $v.gateway.replicaCount) 1 }}
+{{- fail (printf "gateway.replicaCount=%d: several replicas need the shared queue and backend leases that this version does not have yet; run one replica (with PostgreSQL or SQLite on a volume). Every gateway would drive every ComfyUI on its own." (int $v.gateway.replicaCount)) }}
+{{- end }}
+{{- $pg := $v.state.postgres }}
+{{- if and $pg.url $pg.existingSecret }}
+{{- fail "set state.postgres.url or state.postgres.existingSecret, not both: the gateway reads its PostgreSQL URL from one Secret. Keep url to have the chart store it in its own Secret, or existingSecret (and existingSecretKey) to read it from a Secret of yours." }}
+{{- end }}
+{{- if and $pg.url $v.existingSecret }}
+{{- fail "state.postgres.url is stored in the chart's Secret, which existingSecret replaces: put the URL in a Secret of yours and name it in state.postgres.existingSecret and state.postgres.existingSecretKey (it may be the Secret named in existingSecret)." }}
 {{- end }}
 {{- if ge (int $v.gateway.shutdownGraceSeconds) (int $v.gateway.terminationGracePeriodSeconds) }}
 {{- fail "gateway.shutdownGraceSeconds must be shorter than gateway.terminationGracePeriodSeconds, or the pod is killed before it has drained." }}
