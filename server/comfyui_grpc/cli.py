@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from . import __version__, heap, logs
@@ -141,6 +141,22 @@ async def _dev_until(args: argparse.Namespace, settings: Settings, stop: asyncio
         await simulator.stop()
 
 
+DEV_STATE_PATH = "var/state.db"
+
+
+def dev_defaults(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """What ``dev`` does unless told otherwise: loopback only (a demo is never
+    reachable from elsewhere unless asked), job records in SQLite under var/."""
+    if args.host is None and not environ.get("COMFYUI_GRPC_HOST"):
+        args.host = "127.0.0.1"
+    state = ("state_path", "state_url", "state_url_file")
+    given = any(getattr(args, name, None) for name in state) or any(
+        environ.get(f"COMFYUI_GRPC_{name.upper()}") for name in state
+    )
+    if not given:
+        args.state_path = DEV_STATE_PATH
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comfyui-grpc", description="gRPC gateway for ComfyUI")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "dev" and args.host is None and not os.environ.get("COMFYUI_GRPC_HOST"):
-        args.host = "127.0.0.1"  # a demo: never reachable from elsewhere unless asked
+    if args.command == "dev":
+        dev_defaults(args, os.environ)
     settings = settings_from_args(args)
     if args.command == "serve" and (problem := exposure_problem(settings)):
         print(f"comfyui-grpc serve: error: {problem}", file=sys.stderr)
