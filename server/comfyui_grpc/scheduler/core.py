@@ -90,6 +90,15 @@ class BackendSlot:
     def load(self) -> int:
         return len(self.pending) + (self.running is not None)
 
+    def leave(self, job_id: str) -> bool:
+        """Take ``job_id`` off this backend; whether it held (or had held) the GPU."""
+        held = self.running == job_id or job_id in self.unheard
+        self.pending.pop(job_id, None)
+        self.unheard.discard(job_id)
+        if self.running == job_id:
+            self.running = None
+        return held
+
 
 class Scheduler:
     def __init__(self, *, prefetch: int = DEFAULT_PREFETCH) -> None:
@@ -337,12 +346,7 @@ class Scheduler:
         ticket = self.tickets.get(job_id)
         if ticket is None or ticket.phase in (Phase.WAITING, Phase.RELEASED):
             return
-        slot = self._slot(ticket.backend)
-        slot.pending.pop(job_id, None)
-        was_running = slot.running == job_id or job_id in slot.unheard
-        slot.unheard.discard(job_id)
-        if slot.running == job_id:
-            slot.running = None
+        was_running = self._slot(ticket.backend).leave(job_id)
         self._reclaim_over(ticket)
         self._requeue_or_lose(ticket, was_running, forgotten=True)
         self._dispatch()
@@ -353,11 +357,7 @@ class Scheduler:
         ticket = self.tickets.get(job_id)
         if ticket is None or ticket.phase in (Phase.WAITING, Phase.RELEASED):
             return
-        slot = self._slot(ticket.backend)
-        slot.pending.pop(job_id, None)
-        slot.unheard.discard(job_id)
-        if slot.running == job_id:
-            slot.running = None
+        self._slot(ticket.backend).leave(job_id)
         self._reclaim_over(ticket)
         if ticket.cancel_requested:
             self._release(ticket)
@@ -403,11 +403,7 @@ class Scheduler:
         slot.up = False
         for job_id in reversed(self.jobs_on(url)):
             ticket = self.tickets[job_id]
-            was_running = slot.running == job_id or job_id in slot.unheard
-            slot.pending.pop(job_id, None)
-            slot.unheard.discard(job_id)
-            if slot.running == job_id:
-                slot.running = None
+            was_running = slot.leave(job_id)
             if not was_running:
                 # It may still sit in that ComfyUI's queue: deleted when it is back.
                 slot.owed.add(job_id)
@@ -439,10 +435,7 @@ class Scheduler:
     def _release(self, ticket: Ticket) -> None:
         slot = self.backends.get(ticket.backend)
         if slot is not None:
-            slot.pending.pop(ticket.job_id, None)
-            slot.unheard.discard(ticket.job_id)
-            if slot.running == ticket.job_id:
-                slot.running = None
+            slot.leave(ticket.job_id)
         self._reclaim_over(ticket)
         ticket.phase = Phase.RELEASED
 

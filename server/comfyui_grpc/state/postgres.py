@@ -41,7 +41,7 @@ from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to
 from ..redact import redact_database_url
 from ..tasks import within
 from .errors import JobStoreUnavailable, RequestIdTaken
-from .store import OPEN_CALLBACK_STATES, TERMINAL_STATES, CallbackRecord, JobStore
+from .store import OPEN_CALLBACK_STATES, TERMINAL_STATES, CallbackRecord, WriteBehindStore
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ async def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS
     return done
 
 
-class PostgresJobStore(JobStore):
+class PostgresJobStore(WriteBehindStore):
     """:class:`JobStore` in a PostgreSQL database named by a URL (or a file holding it)."""
 
     def __init__(
@@ -151,18 +151,14 @@ class PostgresJobStore(JobStore):
     ) -> None:
         if bool(url) == bool(url_file):
             raise ValueError("a PostgreSQL job store needs either a URL or a file holding one")
+        super().__init__(
+            flush_interval_seconds=flush_interval_seconds, retention_seconds=retention_seconds
+        )
         self._url = url
         self.url_file = url_file
-        self.flush_interval = flush_interval_seconds
-        self.retention = retention_seconds
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout_seconds
         self._pool: AsyncConnectionPool[Connection] | None = None
-        self._dirty: dict[str, Job] = {}
-        self._events: list[ev.Event] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._closing = False
-        self._wakeup = asyncio.Event()
         self._secrets: tuple[str, ...] = ()
 
     @property
@@ -295,15 +291,6 @@ class PostgresJobStore(JobStore):
         await pool.close()
 
     # -- writing -----------------------------------------------------------------------
-
-    def _on_event(self, job: Job, event: ev.Event) -> None:
-        self._events.append(event)
-        self._dirty[job.job_id] = job
-        if event.terminal or len(self._events) > 500:
-            self._wakeup.set()
-
-    def track(self, job: Job) -> None:
-        job.listener = self._on_event
 
     async def flush(self) -> set[str]:
         """Write what is pending in one transaction; the ids of jobs refused

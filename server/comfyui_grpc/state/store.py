@@ -145,7 +145,31 @@ class NullJobStore(JobStore):
         return [r for r in self._callbacks.values() if r.state in OPEN_CALLBACK_STATES]
 
 
-class SqliteJobStore(JobStore):
+class WriteBehindStore(JobStore):
+    """What the SQLite and PostgreSQL stores share: job changes and events are
+    buffered as they happen and written in batches by each store's flusher,
+    which is woken early by a terminal event or a full buffer."""
+
+    def __init__(self, *, flush_interval_seconds: float, retention_seconds: float) -> None:
+        self.flush_interval = flush_interval_seconds
+        self.retention = retention_seconds
+        self._dirty: dict[str, Job] = {}
+        self._events: list[ev.Event] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._wakeup = asyncio.Event()
+
+    def _on_event(self, job: Job, event: ev.Event) -> None:
+        self._events.append(event)
+        self._dirty[job.job_id] = job
+        if event.terminal or len(self._events) > 500:
+            self._wakeup.set()
+
+    def track(self, job: Job) -> None:
+        job.listener = self._on_event
+
+
+class SqliteJobStore(WriteBehindStore):
     def __init__(
         self,
         path: Path,
@@ -153,16 +177,12 @@ class SqliteJobStore(JobStore):
         flush_interval_seconds: float = 0.1,
         retention_seconds: float = 7 * 24 * 3600,
     ) -> None:
+        super().__init__(
+            flush_interval_seconds=flush_interval_seconds, retention_seconds=retention_seconds
+        )
         self.path = path
-        self.flush_interval = flush_interval_seconds
-        self.retention = retention_seconds
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._dirty: dict[str, Job] = {}
-        self._events: list[ev.Event] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._closing = False
-        self._wakeup = asyncio.Event()
 
     # -- thread side ---------------------------------------------------------------
 
@@ -249,15 +269,6 @@ class SqliteJobStore(JobStore):
         if self._db is not None:
             await self.flush()
             await asyncio.to_thread(self._close_sync)
-
-    def _on_event(self, job: Job, event: ev.Event) -> None:
-        self._events.append(event)
-        self._dirty[job.job_id] = job
-        if event.terminal or len(self._events) > 500:
-            self._wakeup.set()
-
-    def track(self, job: Job) -> None:
-        job.listener = self._on_event
 
     async def flush(self) -> None:
         if self._db is None or (not self._dirty and not self._events):
