@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ from .backends.discovery import Discovery, Resolver, resolve_all
 from .callbacks.delivery import Deliverer, DeliverySettings
 from .callbacks.policy import AllowList
 from .callbacks.signing import read_secrets
+from .cluster.replica import Replica
 from .config import Settings
 from .inputs import InputUploader
 from .jobs.service import JobService, JobServiceSettings
@@ -37,12 +39,16 @@ from .observability.metrics import Metrics
 from .observability.metrics_server import MetricsServer
 from .redact import redact_database_url, redact_url
 from .state import open_job_store
+from .state.postgres import PostgresJobStore
 from .storage import ArtifactStore, make_store
 from .tasks import TaskSet
 from .v1 import generation_service_pb2, generation_service_pb2_grpc
 from .workflows.template_library import TemplateLibrary
 
 log = logging.getLogger(__name__)
+
+REPLICA_FLUSH_SECONDS = 0.02
+"""Job store write interval when replicas share the store (streams follow writes)."""
 
 SERVICE_NAME = generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
@@ -136,6 +142,8 @@ class Gateway:
                 backend_prefetch=settings.backend_prefetch,
             ),
         )
+        if isinstance(self.service.job_store, PostgresJobStore):
+            self._share_with_replicas(self.service.job_store)
         self.service.tracker.backend_lost_after_seconds = settings.backend_lost_after_seconds
         self.service.tracker.collector.max_output_bytes = settings.max_output_bytes
         self.templates = TemplateLibrary(settings.templates_dir)
@@ -171,6 +179,27 @@ class Gateway:
         )
         self._callback_resolver = callback_resolver
         self.callbacks: Deliverer | None = None
+
+    def _share_with_replicas(self, job_store: PostgresJobStore) -> None:
+        """On PostgreSQL, this gateway is one of possibly several replicas."""
+        settings = self.settings
+        replica_id = settings.replica_id or (
+            f"{socket.gethostname()}:{settings.port}"
+            if settings.port
+            else f"{socket.gethostname()}:pid{os.getpid()}"
+        )
+        # Streams on other replicas follow this one's writes: write them soon.
+        job_store.flush_interval = min(job_store.flush_interval, REPLICA_FLUSH_SECONDS)
+        job_store.holder = replica_id
+        self.service.share_with_replicas(
+            Replica(
+                service=self.service,
+                store=job_store,
+                pool=self.pool,
+                replica_id=replica_id,
+                lease_seconds=settings.lease_seconds,
+            )
+        )
 
     def _options(self) -> list[tuple[str, Any]]:
         return [

@@ -67,6 +67,12 @@ class Settings:
     (may carry a password: kept out of repr, shown redacted)."""
     state_url_file: str = ""
     """File holding the PostgreSQL URL, read at start."""
+    replica_id: str = ""
+    """This gateway's name among replicas sharing a PostgreSQL store
+    (default: host name and gRPC port; keep it across restarts)."""
+    lease_seconds: float = 10.0
+    """How long a replica owns a ComfyUI backend without renewing; another
+    replica takes the backend over after that."""
     templates_dir: str = ""
     """Directory of workflow template files (YAML/JSON), re-read on change and SIGHUP."""
     templates_reload_seconds: float = 2.0
@@ -370,6 +376,22 @@ OPTIONS: tuple[Option, ...] = (
         "state_url_file",
         str,
         "file holding the --state-url, e.g. a mounted secret",
+    ),
+    Option(
+        "--replica-id",
+        "COMFYUI_GRPC_REPLICA_ID",
+        "replica_id",
+        str,
+        "this gateway's name among replicas sharing --state-url; the same name after a "
+        "restart takes its backends back at once (default: host name and --port)",
+    ),
+    Option(
+        "--lease-seconds",
+        "COMFYUI_GRPC_LEASE_SECONDS",
+        "lease_seconds",
+        _seconds,
+        "with --state-url: seconds a replica owns a ComfyUI backend without renewing; "
+        "another replica takes it over after that (default 10)",
     ),
     Option(
         "--templates-dir",

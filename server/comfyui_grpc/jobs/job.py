@@ -262,6 +262,7 @@ class Job:
         artifacts: list[Artifact],
         outputs: dict[str, list[OutputFile]],
         events: list[ev.Event],
+        sequence_gap: bool = True,
     ) -> None:
         """Put back a job read from the durable store after a restart."""
         self.state = state
@@ -275,7 +276,7 @@ class Job:
         self.failure = failure
         self.artifacts = artifacts
         self.outputs = outputs
-        self.log.restore(events, ended=state.terminal)
+        self.log.restore(events, ended=state.terminal, gap=sequence_gap)
         for event in events:
             self._replay_progress(event.payload)
         self.recorded.set()
@@ -283,6 +284,32 @@ class Job:
             self.tracker.complete()
         if state.terminal:
             self._done.set()
+
+    def follow(self, record: Job, events: list[ev.Event]) -> None:
+        """Catch up with the job as another gateway replica, which holds it,
+        recorded it: ``record`` read back from the store, and its new events."""
+        self.backend = record.backend
+        self.start_time = record.start_time
+        self.queue_number = record.queue_number
+        self.cancel_requested = self.cancel_requested or record.cancel_requested
+        self.attempts = record.attempts
+        self.failure = record.failure
+        self.artifacts = record.artifacts
+        self.outputs = record.outputs
+        for event in events:
+            if not self.log.follow(event):
+                continue
+            self._replay_progress(event.payload)
+            match event.payload:
+                case ev.Queued(position=position):
+                    self.queue_position = position
+            self.state = event.state
+            if event.terminal:
+                self.end_time = event.time
+                self.queue_position = 0
+                if event.state is JobState.SUCCEEDED:
+                    self.tracker.complete()
+                self._done.set()
 
     def _replay_progress(self, payload: ev.Payload) -> None:
         match payload:

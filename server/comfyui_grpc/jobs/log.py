@@ -175,6 +175,16 @@ class EventLog:
             for old in self._events:
                 old.wire = None
 
+    def follow(self, event: Event) -> bool:
+        """Append an event another gateway replica recorded: its sequences
+        rise but may skip (that replica may have taken the job over after a
+        crash). Older or repeated ones are ignored; whether it was appended."""
+        if self._ended or event.sequence <= self._last_sequence:
+            return False
+        self._last_sequence = event.sequence - 1
+        self.append(event)
+        return True
+
     def _compact(self) -> None:
         """Coalesce progress, then drop the oldest node-level events over the cap; O(n)."""
         latest_step: set[str] = set()
@@ -197,7 +207,7 @@ class EventLog:
         self._events = kept
         self._compact_at = len(kept) + max(self._max_events, len(kept)) // 2
 
-    def restore(self, events: list[Event], *, ended: bool = False) -> None:
+    def restore(self, events: list[Event], *, ended: bool = False, gap: bool = True) -> None:
         """Reload persisted events after a restart.
 
         Events written just before a crash may be missing from the store while a
@@ -208,7 +218,7 @@ class EventLog:
         self._compact_at = len(self._events) + max(self._max_events, len(self._events)) // 2
         last = events[-1].sequence if events else 0
         self._ended = ended or (bool(events) and events[-1].terminal)
-        self._last_sequence = last if self._ended else last + RESTART_SEQUENCE_GAP
+        self._last_sequence = last if self._ended or not gap else last + RESTART_SEQUENCE_GAP
 
     def events_after(self, sequence: int) -> Iterator[Event]:
         for event in self._events:

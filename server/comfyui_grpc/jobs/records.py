@@ -106,8 +106,14 @@ def job_to_json(job: Job) -> str:
     )
 
 
-def job_from_json(job_id: str, text: str, events: list[ev.Event]) -> Job:
-    """Rebuild a job, its event log and its progress from a record and its events."""
+def job_from_json(
+    job_id: str, text: str, events: list[ev.Event], *, sequence_gap: bool = True
+) -> Job:
+    """Rebuild a job, its event log and its progress from a record and its events.
+
+    ``sequence_gap``: new events start past a gap (see :meth:`EventLog.restore`);
+    not needed when every event is known to be recorded.
+    """
     data = json.loads(text)
     s = data["spec"]
     spec = JobSpec(
@@ -142,5 +148,6 @@ def job_from_json(job_id: str, text: str, events: list[ev.Event]) -> Job:
         artifacts=[Artifact(**a) for a in data["artifacts"]],
         outputs={node: [OutputFile(**f) for f in files] for node, files in data["outputs"].items()},
         events=events,
+        sequence_gap=sequence_gap,
     )
     return job

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..backends import BackendPool
 from ..backends.inventory import Needs, needs_of
@@ -27,7 +28,7 @@ from ..errors import (
 from ..observability.metrics import Metrics
 from ..scheduler.core import DEFAULT_PREFETCH, Scheduler
 from ..scheduler.executor import Fleet
-from ..state import JobStore, NullJobStore
+from ..state import JobStore, NullJobStore, RequestIdTaken
 from ..storage import ArtifactStore, ObjectNotFound, StorageError
 from ..tasks import TaskSet, within
 from .collector import ArtifactCollector
@@ -37,6 +38,9 @@ from .model import JobState
 from .registry import JobRegistry
 from .tracker import JobTracker
 from .validation_errors import violations_from_comfyui
+
+if TYPE_CHECKING:
+    from ..cluster.replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,14 @@ class JobServiceSettings:
     (0: no per-caller limit)."""
     backend_prefetch: int = DEFAULT_PREFETCH
     """Prompts handed to a backend beyond its running one, so its GPU never idles."""
+
+
+def _reused(request_id: str, job_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"request_id {request_id!r} was already used for a different request "
+        f"(job {job_id}); use a new request_id",
+        reason="REQUEST_ID_REUSED",
+    )
 
 
 def parse_job_id(job_id: str) -> str:
@@ -103,6 +115,12 @@ class JobService:
         )
         self.fleet.tracker = self.tracker
         self.registry.on_forget = self.core.forget
+        self.replica: Replica | None = None
+        """Set when several gateway replicas share the job store."""
+
+    def share_with_replicas(self, replica: Replica) -> None:
+        self.replica = replica
+        self.fleet.shared = replica
 
     # -- wiring for backends ---------------------------------------------------
 
@@ -115,6 +133,11 @@ class JobService:
     async def start(self) -> None:
         """Open the job store, take back unfinished jobs, start reconciling."""
         await self.job_store.open()
+        if self.replica is not None:
+            # Jobs come from the shared line and with the backends this replica takes.
+            self.tracker.start()
+            await self.replica.start()
+            return
         # In the order they were submitted: the line is rebuilt as it was.
         for job in sorted(await self.job_store.unfinished(), key=lambda j: j.create_time):
             self._adopt(job)
@@ -123,6 +146,12 @@ class JobService:
 
     def _adopt(self, job: Job) -> None:
         """Follow a job from before a restart; reconciliation finds out where it is."""
+        self.hold(job)
+        log.info("resuming job after restart (%s)", job.state.value, extra=job.log_context)
+
+    def hold(self, job: Job) -> None:
+        """Take charge of a recorded job: after a restart, claimed from the
+        shared line, or with a backend taken over from another replica."""
         self.registry.add(job)
         self.job_store.track(job)
         needs = needs_of(job.spec.workflow)
@@ -150,15 +179,34 @@ class JobService:
                 running=job.state is not JobState.QUEUED,
                 retry_on_loss=job.spec.retry_on_backend_loss,
             )
-        log.info(
-            "resuming job after restart (%s)",
-            job.state.value,
-            extra=job.log_context,
-        )
+            if job.cancel_requested:
+                self.core.cancel(job.job_id)
+
+    def let_go(self, job_ids: Iterable[str]) -> list[Job]:
+        """Another replica takes charge of these jobs: stop following and
+        writing them (the caller has the scheduler core drop them)."""
+        jobs = []
+        for job_id in job_ids:
+            job = self.registry.get(job_id)
+            if job is None:
+                continue
+            self.registry.discard(job)
+            self.job_store.untrack(job)
+            jobs.append(job)
+        return jobs
+
+    def cancel_held(self, job_id: str) -> None:
+        """Cancel asked on another replica for a job this one holds."""
+        job = self.registry.get(job_id)
+        if job is not None and not job.terminal:
+            job.cancel_requested = True
+            self.fleet.tell(self.core.cancel, job_id)
 
     async def close(self) -> None:
         await self.tracker.background.close()
         await self.tasks.close()
+        if self.replica is not None:
+            await self.replica.stop()
         await self.job_store.close()
 
     # -- submission --------------------------------------------------------------
@@ -169,7 +217,13 @@ class JobService:
 
         Returns the job and whether it was an existing one.
         """
-        if spec.request_id:
+        if spec.request_id and self.replica is not None:
+            found = await self._by_request_shared(spec.request_id)
+            if found is not None:
+                if found.spec.fingerprint != spec.fingerprint:
+                    raise _reused(spec.request_id, found.job_id)
+                return found, True
+        elif spec.request_id:
             existing = self.registry.by_request(spec.request_id)
             if existing is None:
                 existing = await self.job_store.by_request(spec.request_id)
@@ -180,19 +234,18 @@ class JobService:
                 existing = self.registry.by_request(spec.request_id) or existing
             if existing is not None:
                 if existing.spec.fingerprint != spec.fingerprint:
-                    raise FailedPrecondition(
-                        f"request_id {spec.request_id!r} was already used for a different "
-                        f"request (job {existing.job_id}); use a new request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
+                    raise _reused(spec.request_id, existing.job_id)
                 await existing.recorded.wait()
                 if self.registry.get(existing.job_id) is existing or existing.terminal:
                     return existing, True
                 # The first request could not be recorded and left no job: this
                 # one is a new try under the same request_id.
                 return await self.submit(spec, job_id=job_id)
-        self._check_room(spec.caller)
         needs = needs_of(spec.workflow)
+        if self.replica is not None:
+            return await self._submit_shared(spec, needs, job_id), False
+        self._check_room(spec.caller, self.registry.count(JobState.QUEUED),
+                         self.core.line.waiting_for(spec.caller))  # fmt: skip
         self._check_runnable(spec, needs)
         job = Job(job_id or str(uuid.uuid4()), spec)
         self.registry.add(job)
@@ -217,8 +270,43 @@ class JobService:
             job.queued(self.core.place(job.job_id), "")
         return job, False
 
-    def _check_room(self, caller: str) -> None:
-        waiting = self.registry.count(JobState.QUEUED)
+    async def _submit_shared(self, spec: JobSpec, needs: Needs, job_id: str | None) -> Job:
+        """Record a job in the line the replicas share; this one follows it
+        (as a mirror) until some replica with room claims it."""
+        assert self.replica is not None
+        shared = self.replica.shared
+        limit = self.settings.max_queued_jobs_per_caller
+        self._check_room(
+            spec.caller,
+            await shared.waiting(),
+            await shared.waiting(spec.caller) if limit else 0,
+        )
+        self._check_runnable(spec, needs)
+        job = Job(job_id or str(uuid.uuid4()), spec)
+        try:
+            await shared.enqueue(job, needs)
+        except RequestIdTaken:
+            # Another replica recorded this request_id a moment ago: that job is the answer.
+            found = await self._by_request_shared(spec.request_id)
+            if found is None:
+                raise
+            if found.spec.fingerprint != spec.fingerprint:
+                raise _reused(spec.request_id, found.job_id) from None
+            return found
+        job.recorded.set()
+        return self.replica.mirrors.add(job)
+
+    async def _by_request_shared(self, request_id: str) -> Job | None:
+        assert self.replica is not None
+        found = self.registry.by_request(request_id) or self.replica.mirrors.by_request(request_id)
+        if found is not None:
+            return found
+        stored = await self.job_store.by_request(request_id)
+        if stored is None:
+            return None
+        return self.registry.get(stored.job_id) or await self.replica.mirrors.load(stored.job_id)
+
+    def _check_room(self, caller: str, waiting: int, mine: int) -> None:
         if waiting >= self.settings.max_queued_jobs:
             raise ResourceExhausted(
                 f"{waiting} jobs are already waiting (limit {self.settings.max_queued_jobs}); "
@@ -227,7 +315,6 @@ class JobService:
                 reason="QUEUE_FULL",
             )
         limit = self.settings.max_queued_jobs_per_caller
-        mine = self.core.line.waiting_for(caller)
         if limit and mine >= limit:
             raise ResourceExhausted(
                 f"caller {caller!r} already has {mine} jobs waiting (limit {limit} per "
@@ -240,13 +327,13 @@ class JobService:
         """Refuse at once a graph that no known backend could run."""
         if not self.pool.healthy:
             raise self.pool.unavailable()
-        known = [s for s in self.core.backends.values() if s.inventory is not None]
+        # Every replica reads every backend's inventory, whichever drives it.
+        known = [b.inventory for b in self.pool if b.inventory is not None]
         if not known:
             return  # up, inventory not read yet: ComfyUI validates at dispatch
-        capable = [s for s in known if s.inventory is not None and s.inventory.satisfies(needs)]
+        capable = [inventory for inventory in known if inventory.satisfies(needs)]
         reference = capable[0] if capable else known[0]
-        assert reference.inventory is not None
-        problems = validate_against(reference.inventory.object_info, spec.workflow)
+        problems = validate_against(reference.object_info, spec.workflow)
         if problems is not None:
             raise violations_from_comfyui(problems, spec.source_field, spec.field_map)
         if not capable:
@@ -269,9 +356,14 @@ class JobService:
         job = self.registry.get(job_id)
         if job is not None:
             return job
-        stored = await self.job_store.load(job_id)
-        if stored is not None:
-            return stored
+        if self.replica is not None:
+            mirror = self.replica.mirrors.get(job_id) or await self.replica.mirrors.load(job_id)
+            if mirror is not None:
+                return mirror
+        else:
+            stored = await self.job_store.load(job_id)
+            if stored is not None:
+                return stored
         try:
             loaded = await load_job(self.store, job_id)
         except StorageError as exc:
@@ -311,12 +403,34 @@ class JobService:
         prompt id (ComfyUI ignores that unless our prompt is the one running),
         then confirmed. Terminal: returned unchanged.
         """
+        budget = self.settings.cancel_confirm_seconds if timeout is None else timeout
+        if self.replica is not None and self.registry.get(parse_job_id(job_id)) is None:
+            return await self._cancel_shared(await self.find(job_id), budget)
         job = self.get(job_id)
         if job.terminal:
             return job
         job.cancel_requested = True
         self.fleet.tell(self.core.cancel, job.job_id)
-        budget = self.settings.cancel_confirm_seconds if timeout is None else timeout
+        if not job.terminal and budget > 0:
+            await within(job.wait_terminal(), budget)
+        return job
+
+    async def _cancel_shared(self, job: Job, budget: float) -> Job:
+        """Cancel a job this replica does not hold: taken out of the shared
+        line and cancelled here, or the replica holding it is told."""
+        assert self.replica is not None
+        if job.terminal:
+            return job
+        shared = self.replica.shared
+        taken = await shared.take_to_cancel(job.job_id)
+        if taken is not None:
+            taken.cancel_requested = True
+            self.hold(taken)  # a job asked to cancel, not on a backend: cancelled at once
+            self.fleet.run_actions()
+            await self.job_store.save_now(taken)
+            return taken
+        job.cancel_requested = True
+        await shared.ask_cancel(job.job_id)
         if not job.terminal and budget > 0:
             await within(job.wait_terminal(), budget)
         return job

@@ -285,7 +285,7 @@ class JobTracker:
         # Messages sent while we had no socket are gone; after a gateway
         # restart the jobs it adopted are unknown too. Ask ComfyUI.
         if self.core.jobs_on(backend.url):
-            self.tasks.spawn(self._reconcile_quietly(backend), f"reconcile {backend.url}")
+            self.tasks.spawn(self.reconcile_quietly(backend), f"reconcile {backend.url}")
 
     async def refresh_inventory(self, backend: Backend) -> None:
         """Read ``/object_info`` again and tell the scheduler the backend is up."""
@@ -306,11 +306,12 @@ class JobTracker:
             self._inventory_errors.pop(backend.url, None)
         if backend.healthy and self.pool.get(backend.url) is backend:
             backend.inventory = inventory or backend.inventory
-            self.fleet.tell(self.core.backend_up, backend.url, inventory)
+            if self.fleet.drives(backend.url):
+                self.fleet.tell(self.core.backend_up, backend.url, inventory)
             if backend.inventory is not None:
                 backend.inventory_read.set()
 
-    async def _reconcile_quietly(self, backend: Backend) -> None:
+    async def reconcile_quietly(self, backend: Backend) -> None:
         try:
             await self.reconcile(backend)
         except ComfyUIUnavailable as exc:
@@ -369,7 +370,7 @@ class JobTracker:
                 if not self._settled(backend):
                     continue
                 if full or await self._missing_some(backend):
-                    await self._reconcile_quietly(backend)
+                    await self.reconcile_quietly(backend)
 
     def _settled(self, backend: Backend) -> list[Job]:
         """Our jobs ``backend`` should hold now (handed over, not ending)."""

@@ -420,6 +420,52 @@ class Scheduler:
                 del self._fit_cache[key]
             self._dispatch()
 
+    # -- sharing the fleet with other gateway replicas --------------------------
+
+    def room(self) -> list[Inventory]:
+        """One inventory per prompt the backends could take now beyond what
+        the line will give them: what to ask a shared queue for."""
+        limit = 1 + self.prefetch
+        spare: list[Inventory] = []
+        for slot in self._free():
+            assert slot.inventory is not None
+            spare += [slot.inventory] * (limit - slot.load)
+        return spare[len(self.line) :]
+
+    def give_back(self) -> list[str]:
+        """Empty the line: its jobs go back to a queue shared with other
+        replicas (this one's backends have no room for them now)."""
+        given = list(self.line.order())
+        for job_id in given:
+            self.line.remove(job_id)
+            del self.tickets[job_id]
+            for slot in self.backends.values():
+                self._fit_cache.pop((job_id, slot.url), None)
+        if given:
+            self._positions_dirty = True
+        return given
+
+    def disown(self, url: str) -> list[str]:
+        """Another replica drives ``url`` from now on: forget the backend and
+        every job on it, with no action (that replica reconciles them)."""
+        slot = self.backends.pop(url, None)
+        if slot is None:
+            return []
+        dropped = [
+            t.job_id
+            for t in self.tickets.values()
+            if t.backend == url and t.phase not in (Phase.WAITING, Phase.RELEASED)
+        ]
+        for ticket in self.tickets.values():
+            if ticket.reclaim_for == url:
+                ticket.reclaim_for = ""
+        for job_id in dropped:
+            self._reclaim_over(self.tickets.pop(job_id))
+        for key in [k for k in self._fit_cache if k[1] == url]:
+            del self._fit_cache[key]
+        self._dispatch()
+        return dropped
+
     # -- internals --------------------------------------------------------------
 
     def _emit(self, action: act.Action) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..backends import Backend, BackendPool
@@ -49,6 +49,17 @@ class Follower(Protocol):
     async def reconcile(self, backend: Backend) -> None: ...
 
 
+class SharedFleet(Protocol):
+    """What the executor needs when other gateway replicas share the fleet
+    (:class:`~comfyui_grpc.cluster.replica.Replica`)."""
+
+    def drives(self, url: str) -> bool: ...
+
+    def give_back(self, job_ids: Sequence[str]) -> None: ...
+
+    def wake_puller(self) -> None: ...
+
+
 class Fleet:
     def __init__(
         self,
@@ -65,6 +76,8 @@ class Fleet:
         self.job_store = job_store
         self.tasks = tasks
         self.tracker: Follower | None = None
+        self.shared: SharedFleet | None = None
+        """Set when other replicas share the backends and the line."""
         self.last_interrupt: dict[str, float] = {}
         """Backend URL -> when the gateway last sent it an interrupt."""
         self._positions_scheduled = False
@@ -77,9 +90,20 @@ class Fleet:
         change(*args, **kwargs)
         self.run_actions()
 
+    def drives(self, url: str) -> bool:
+        """Is ``url`` this gateway's to hand work to (always, without replicas)?"""
+        return self.shared is None or self.shared.drives(url)
+
     def run_actions(self) -> None:
         for action in self.core.take_actions():
             self._run(action)
+        if self.shared is not None:
+            # Jobs wait in the shared line, not in this replica's.
+            given = self.core.give_back()
+            if given:
+                self.shared.give_back(given)
+            if self.core.room():
+                self.shared.wake_puller()
         if self.core.positions_stale and not self._positions_scheduled:
             # Positions are recomputed once per loop turn, not once per event.
             self._positions_scheduled = True
@@ -166,6 +190,12 @@ class Fleet:
             self.tell(self.core.submit_failed, job.job_id, attempt, refused=False)
             self._probe_later(backend)
             return
+        if not self.drives(backend.url):
+            # Its lease lapsed (or it is being handed over): another replica may own it now.
+            job.backend = ""
+            self.tell(self.core.submit_failed, job.job_id, attempt, refused=False)
+            self._probe_later(backend)
+            return
         try:
             result = await backend.client.submit(
                 dict(job.spec.workflow),
@@ -248,7 +278,8 @@ class Fleet:
                     await backend.client.queue_remaining()
                 except ComfyUIUnavailable:
                     continue
-                self.tell(self.core.backend_up, backend.url)
+                if self.drives(backend.url):
+                    self.tell(self.core.backend_up, backend.url)
                 return
         finally:
             self._probing.discard(backend.url)

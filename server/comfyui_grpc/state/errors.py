@@ -33,3 +33,17 @@ class RequestIdTaken(Unavailable):
         )
         self.request_id = request_id
         self.job_id = job_id
+
+
+class JobMovedAway(Unavailable):
+    """Another gateway replica holds the job now (it took over the job's
+    backend): this one must neither write the job nor hand it to ComfyUI."""
+
+    reason = "JOB_MOVED"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} is now held by another gateway replica; retry to reach it",
+            retry_after_seconds=0.1,
+        )
+        self.job_id = job_id

@@ -40,7 +40,7 @@ from ..jobs.job import Job
 from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to_json
 from ..redact import redact_database_url
 from ..tasks import within
-from .errors import JobStoreUnavailable, RequestIdTaken
+from .errors import JobMovedAway, JobStoreUnavailable, RequestIdTaken
 from .store import OPEN_CALLBACK_STATES, TERMINAL_STATES, CallbackRecord, WriteBehindStore
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,51 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX callbacks_by_state ON callbacks (state);
         """,
     ),
+    Migration(
+        3,
+        "several gateway replicas: shared line, holders, backend leases",
+        """
+        ALTER TABLE jobs ADD COLUMN holder TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN waiting BOOLEAN NOT NULL DEFAULT false;
+        ALTER TABLE jobs ADD COLUMN caller TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN high BOOLEAN NOT NULL DEFAULT false;
+        ALTER TABLE jobs ADD COLUMN fair_tag DOUBLE PRECISION NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN seq BIGSERIAL;
+        ALTER TABLE jobs ADD COLUMN needs TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN backend TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+        UPDATE jobs SET backend = COALESCE(record::json->>'backend', ''),
+            caller = COALESCE(record::json->'spec'->>'caller', 'anonymous');
+        UPDATE jobs SET waiting = true
+            WHERE state = 'queued' AND backend = '';
+        CREATE INDEX jobs_waiting ON jobs (fair_tag, seq) WHERE waiting;
+        CREATE INDEX jobs_by_backend ON jobs (backend) WHERE backend <> '';
+        CREATE INDEX jobs_by_holder ON jobs (holder) WHERE holder <> '';
+        CREATE TABLE fair_share (caller TEXT PRIMARY KEY, finish DOUBLE PRECISION NOT NULL);
+        CREATE TABLE fair_clock (
+            one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+            now DOUBLE PRECISION NOT NULL
+        );
+        INSERT INTO fair_clock (now) VALUES (0);
+        CREATE TABLE replicas (
+            replica_id TEXT PRIMARY KEY,
+            heartbeat TIMESTAMPTZ NOT NULL,
+            started TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE backend_leases (
+            backend TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires TIMESTAMPTZ NOT NULL,
+            takeovers BIGINT NOT NULL DEFAULT 0
+        );
+        ALTER TABLE callbacks ADD COLUMN holder TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 )
 """Append only: a step, once released, is never edited (databases hold it)."""
+
+EVENTS_CHANNEL = "comfyui_grpc_events"
+"""NOTIFY channel: a job's events were written (payload: the job id)."""
 
 MIGRATION_LOCK = 0x636F6D667975_6772
 """``pg_advisory_xact_lock`` key held while migrating (one per database)."""
@@ -160,6 +203,9 @@ class PostgresJobStore(WriteBehindStore):
         self.connect_timeout = connect_timeout_seconds
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._secrets: tuple[str, ...] = ()
+        self.holder = ""
+        """This replica's id once it shares the database with others: then
+        only the jobs it holds are written (see :mod:`comfyui_grpc.cluster`)."""
 
     @property
     def name(self) -> str:
@@ -181,6 +227,19 @@ class PostgresJobStore(WriteBehindStore):
     def _unavailable(self, exc: BaseException) -> JobStoreUnavailable:
         detail = self._scrub(" ".join(str(exc).split())) or type(exc).__name__
         return JobStoreUnavailable(f"the job store ({self.name}) cannot be used: {detail}")
+
+    def connection(self) -> Any:
+        """A pooled connection (``async with``), for the replica's shared state."""
+        return self._connection()
+
+    @property
+    def url(self) -> str:
+        """The URL (with any password: never shown)."""
+        return self._url
+
+    def scrub(self, text: str) -> str:
+        """``text`` with any password cut out."""
+        return self._scrub(text)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -312,6 +371,8 @@ class PostgresJobStore(WriteBehindStore):
         return refused
 
     async def _write(self, jobs: list[Job], events: list[ev.Event]) -> set[str]:
+        if self.holder:
+            return await self._write_held(jobs, events)
         now = time.time()
         rows = [(j.job_id, j.spec.request_id, j.state.value, now, job_to_json(j)) for j in jobs]
         written: set[str] = set()
@@ -349,6 +410,42 @@ class PostgresJobStore(WriteBehindStore):
                 )
         return {row[0] for row in rows} - written
 
+    async def _write_held(self, jobs: list[Job], events: list[ev.Event]) -> set[str]:
+        """Write the jobs this replica holds (a job another replica has taken
+        over is left alone: its id is returned), with their events, and tell
+        the other replicas which jobs have news."""
+        now = time.time()
+        holder = self.holder
+        written: set[str] = set()
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            if jobs:
+                await cursor.executemany(
+                    "UPDATE jobs SET state = %s, updated = %s, record = %s, backend = %s "
+                    "WHERE job_id = %s AND holder = %s RETURNING job_id",
+                    [
+                        (j.state.value, now, job_to_json(j), j.backend, j.job_id, holder)
+                        for j in jobs
+                    ],
+                    returning=True,
+                )
+                written |= await _returned(cursor)
+            if events:
+                await cursor.executemany(
+                    "INSERT INTO events (job_id, sequence, record) "
+                    "SELECT %(job)s, %(sequence)s, %(record)s "
+                    "WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = %(job)s) "
+                    "ON CONFLICT (job_id, sequence) DO NOTHING",
+                    [
+                        {"job": e.job_id, "sequence": e.sequence, "record": event_to_json(e)}
+                        for e in events
+                    ],
+                )
+                await cursor.execute(
+                    "SELECT pg_notify(%s, job_id) FROM unnest(%s::text[]) AS job_id",
+                    (EVENTS_CHANNEL, sorted({e.job_id for e in events})),
+                )
+        return {j.job_id for j in jobs} - written
+
     async def _flush_forever(self) -> None:
         while not self._closing:
             await within(self._wakeup.wait(), self.flush_interval)
@@ -369,6 +466,8 @@ class PostgresJobStore(WriteBehindStore):
                 # Being created: its caller drops it, so it must not be written later.
                 self._dirty.pop(job.job_id, None)
             raise
+        if job.job_id in refused and self.holder:
+            raise JobMovedAway(job.job_id)
         if job.job_id in refused:
             owner = await self._owner(job.spec.request_id)
             raise RequestIdTaken(job.spec.request_id, job.job_id if owner is None else owner)

@@ -94,6 +94,9 @@ class JobStore:
     def track(self, job: Job) -> None:
         """Persist ``job``'s changes from now on (write-behind)."""
 
+    def untrack(self, job: Job) -> None:
+        """Stop persisting ``job``'s changes (what is pending is still written)."""
+
     async def save_now(self, job: Job) -> None:
         """Persist ``job`` before returning."""
 
@@ -167,6 +170,10 @@ class WriteBehindStore(JobStore):
 
     def track(self, job: Job) -> None:
         job.listener = self._on_event
+
+    def untrack(self, job: Job) -> None:
+        if job.listener == self._on_event:
+            job.listener = None
 
 
 class SqliteJobStore(WriteBehindStore):

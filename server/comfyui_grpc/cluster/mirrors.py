@@ -1,0 +1,108 @@
+"""Jobs another gateway replica holds, followed from the shared store.
+
+A mirror is an ordinary :class:`~comfyui_grpc.jobs.job.Job` that this
+replica never changes itself: it catches up from the store whenever the
+holder says it wrote the job's events (``NOTIFY``), and every second in
+case a notification was missed. Streams, ``GetResult`` waits and cancels
+served here therefore see every event the holder recorded, in order, and
+``after_sequence`` means the same on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..jobs.job import Job
+from ..jobs.records import job_from_json
+from ..state.errors import JobStoreUnavailable
+from ..tasks import within
+from .shared_state import SharedState
+
+log = logging.getLogger(__name__)
+
+IDLE_DROP_SECONDS = 60.0
+"""An open mirror nobody has asked for or streamed in this long is dropped."""
+
+
+class Mirrors:
+    def __init__(self, shared: SharedState, *, refresh_seconds: float = 1.0) -> None:
+        self.shared = shared
+        self.refresh_seconds = refresh_seconds
+        self._jobs: dict[str, Job] = {}
+        self._used: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._used[job_id] = time.monotonic()
+        return job
+
+    def by_request(self, request_id: str) -> Job | None:
+        return next((j for j in self._jobs.values() if j.spec.request_id == request_id), None)
+
+    def add(self, job: Job) -> Job:
+        """Follow ``job`` (already up to date with the store) from now on."""
+        kept = self._jobs.setdefault(job.job_id, job)
+        self._used[job.job_id] = time.monotonic()
+        if kept is job and not job.terminal:
+            # It may have news written before it became a mirror.
+            self.changed(job.job_id)
+        return kept
+
+    async def load(self, job_id: str) -> Job | None:
+        """The job as the store has it, followed from now on (None: unknown)."""
+        found = await self.shared.news(job_id, 0)
+        if found is None:
+            return None
+        record, events = found
+        return self.add(job_from_json(job_id, record, events, sequence_gap=False))
+
+    def changed(self, job_id: str) -> None:
+        """The holder wrote news of ``job_id``."""
+        if job_id in self._jobs:
+            self._dirty.add(job_id)
+            self._wake.set()
+
+    def all_changed(self) -> None:
+        """Notifications may have been missed (the listener reconnected)."""
+        self._dirty.update(self._jobs)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            woken = await within(self._wake.wait(), self.refresh_seconds)
+            self._wake.clear()
+            if not woken:
+                self._dirty.update(j for j, job in self._jobs.items() if not job.terminal)
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self.catch_up(dirty)
+            except JobStoreUnavailable as exc:
+                log.warning("could not follow jobs held by other replicas: %s", exc.message)
+                self._dirty |= dirty
+            self._drop_unused()
+
+    async def catch_up(self, job_ids: set[str]) -> None:
+        jobs = {j: self._jobs[j] for j in job_ids if j in self._jobs and not self._jobs[j].terminal}
+        if not jobs:
+            return
+        news = await self.shared.news_many({j: job.log.last_sequence for j, job in jobs.items()})
+        for job_id, (record, events) in news.items():
+            jobs[job_id].follow(record, events)
+
+    def _drop_unused(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.log.subscriber_count:
+                self._used[job_id] = now
+                continue
+            if job.terminal or now - self._used.get(job_id, now) > IDLE_DROP_SECONDS:
+                del self._jobs[job_id]
+                self._used.pop(job_id, None)

@@ -1,0 +1,276 @@
+"""One gateway replica among several sharing a PostgreSQL job store.
+
+Every replica answers every RPC; what differs is which ComfyUI backends it
+drives. ComfyUI sends a prompt's progress only to the socket that submitted
+it, so each backend has one owner at a time, by lease
+(:mod:`.shared_state`). The owner submits to it, follows it and writes its
+jobs; a replica that takes a backend over (its owner stopped renewing) holds
+its open jobs and reconciles them with ComfyUI, exactly as after a restart.
+
+Backends are spread evenly: a replica takes lapsed leases while it owns fewer
+than its share (backends / live replicas, rounded up) and hands one over when
+it owns more, once nothing of ours runs there. On stop it hands over every
+backend at once (a rolling update moves no job twice and waits for no lease).
+
+Jobs wait in the shared line; a replica whose backends have room claims the
+next ones (fair share across callers, fleet-wide). Its own scheduler core
+decides the rest as with one gateway; whatever would wait in the core's line
+goes back to the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..backends import BackendPool
+from ..backends.inventory import Needs
+from ..jobs.job import Job
+from ..scheduler.shared_line import choose
+from ..state.errors import JobStoreUnavailable
+from ..state.postgres import EVENTS_CHANNEL, PostgresJobStore
+from ..tasks import TaskSet, within
+from .mirrors import Mirrors
+from .notifications import Notifications
+from .shared_state import CANCEL_CHANNEL, QUEUE_CHANNEL, SharedState
+
+if TYPE_CHECKING:
+    from ..jobs.service import JobService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 10.0
+VALID_FRACTION = 0.8
+"""A lease is used for this fraction of its term after renewal began: the
+rest is margin, so this replica stops before another may take over."""
+PULL_POLL_SECONDS = 1.0
+
+
+class Replica:
+    def __init__(
+        self,
+        *,
+        service: JobService,
+        store: PostgresJobStore,
+        pool: BackendPool,
+        replica_id: str,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.pool = pool
+        self.replica_id = replica_id
+        self.lease_seconds = lease_seconds
+        self.shared = SharedState(store, replica_id, lease_seconds)
+        self.mirrors = Mirrors(self.shared)
+        self.owned: set[str] = set()
+        self.draining: set[str] = set()
+        self._valid_until = 0.0
+        self._pull = asyncio.Event()
+        self._tasks = TaskSet("replica")
+        self._handing_back: set[str] = set()
+        self.notifications = Notifications(
+            lambda: store.url,
+            {
+                QUEUE_CHANNEL: lambda _: self._pull.set(),
+                EVENTS_CHANNEL: self.mirrors.changed,
+                CANCEL_CHANNEL: self._cancel_asked,
+            },
+            on_connect=self._reconnected,
+            scrub=store.scrub,
+        )
+
+    # -- what the rest of the gateway asks ------------------------------------------
+
+    def drives(self, url: str) -> bool:
+        """May this replica hand work to ``url`` now (owned, lease in term)?"""
+        return (
+            url in self.owned and url not in self.draining and time.monotonic() < self._valid_until
+        )
+
+    def wake_puller(self) -> None:
+        self._pull.set()
+
+    def give_back(self, job_ids: Sequence[str]) -> None:
+        """Jobs the core's line held (no room here): back to the shared line."""
+        jobs = self.service.let_go(job_ids)
+        for job in jobs:
+            self.mirrors.add(job)
+        self._handing_back.update(job_ids)
+        self._tasks.spawn(self._give_back([j.job_id for j in jobs]), "give jobs back")
+
+    async def _give_back(self, job_ids: list[str]) -> None:
+        try:
+            for attempt in range(50):
+                try:
+                    await self.store.flush()
+                    await self.shared.give_back(job_ids)
+                    return
+                except JobStoreUnavailable as exc:
+                    # Held by a replica that is alive: only this one can give them back.
+                    log.warning("could not put %d jobs back in the shared line: %s",
+                                len(job_ids), exc.message)  # fmt: skip
+                    await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
+        finally:
+            self._handing_back.difference_update(job_ids)
+
+    # -- start and stop ------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.shared.start()
+        await self._tick()
+        self._tasks.spawn_supervised(self._lease_forever, "backend leases")
+        self._tasks.spawn_supervised(self._pull_forever, "shared line")
+        self._tasks.spawn_supervised(self.notifications.run, "replica notifications")
+        self._tasks.spawn_supervised(self.mirrors.run, "jobs held elsewhere")
+        log.info(
+            "replica %s of a shared job store: drives %s",
+            self.replica_id,
+            ", ".join(sorted(self.owned)) or "no backend yet",
+        )
+
+    async def stop(self) -> None:
+        """Hand every backend and waiting job over to the other replicas now."""
+        await self._tasks.close()
+        core = self.service.core
+        waiting = core.give_back()
+        urls = sorted(self.owned)
+        held: list[str] = []
+        for url in urls:
+            held += core.disown(url)
+        self.service.let_go([*waiting, *held])
+        self.owned.clear()
+        try:
+            await self.store.flush()
+            await self.shared.give_back(waiting)
+            await self.shared.release(urls)
+            await self.shared.leave()
+        except JobStoreUnavailable as exc:
+            log.warning("could not hand backends over at stop (taken over once their "
+                        "leases lapse): %s", exc.message)  # fmt: skip
+            return
+        if urls:
+            log.info("handed over %s and %d jobs", ", ".join(urls), len(held) + len(waiting))
+
+    # -- leases --------------------------------------------------------------------
+
+    async def _lease_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self._tick()
+            except JobStoreUnavailable as exc:
+                log.warning("could not renew backend leases: %s", exc.message)
+
+    async def _tick(self) -> None:
+        began = time.monotonic()
+        urls = [b.url for b in self.pool]
+        view = await self.shared.renew(urls)
+        for url in sorted(self.owned - view.held):
+            log.warning(
+                "another replica took ComfyUI at %s over (this one missed renewing its lease)",
+                url,
+            )
+            self._disown(url)
+        self._valid_until = began + self.lease_seconds * VALID_FRACTION
+        share = math.ceil(len(urls) / view.live_replicas) if urls else 0
+        mine = len(self.owned - self.draining)
+        if mine < share:
+            for url in sorted(set(urls) - self.owned, key=self._preference):
+                jobs = await self.shared.acquire(url)
+                if jobs is not None:
+                    self._take_over(url, jobs)
+                    mine += 1
+                    if mine >= share:
+                        break
+        elif mine > share and not self.draining:
+            core = self.service.core
+            url = min(self.owned, key=lambda u: (len(core.jobs_on(u)), u))
+            log.info("handing ComfyUI at %s over to another replica once idle", url)
+            self.draining.add(url)
+            core.backend_down(url)
+        for url in sorted(self.draining):
+            if not self.service.core.jobs_on(url):
+                await self._hand_over(url)
+
+    def _preference(self, url: str) -> bytes:
+        """Rendezvous order: replicas try different backends first."""
+        return hashlib.sha256(f"{self.replica_id}\n{url}".encode()).digest()
+
+    def _take_over(self, url: str, jobs: list[Job]) -> None:
+        self.owned.add(url)
+        core = self.service.core
+        core.add_backend(url)
+        for job in jobs:
+            self.service.hold(job)
+        self.service.fleet.run_actions()
+        log.info("drives ComfyUI at %s now (%d open jobs to reconcile)", url, len(jobs))
+        backend = self.pool.get(url)
+        if backend is not None and backend.healthy and backend.inventory is not None:
+            # Up and known already (every replica reads every backend's inventory).
+            self.service.fleet.tell(core.backend_up, url, backend.inventory)
+            if jobs:
+                tracker = self.service.tracker
+                self._tasks.spawn(tracker.reconcile_quietly(backend), f"take over {url}")
+        # Otherwise its socket's next connection reports it up.
+        self._pull.set()
+
+    def _disown(self, url: str) -> None:
+        ids = self.service.core.disown(url)
+        self.owned.discard(url)
+        self.draining.discard(url)
+        for job in self.service.let_go(ids):
+            self.mirrors.add(job)
+
+    async def _hand_over(self, url: str) -> None:
+        self._disown(url)
+        await self.store.flush()
+        await self.shared.release([url])
+        log.info("handed ComfyUI at %s over", url)
+
+    # -- the shared line -------------------------------------------------------------
+
+    async def _pull_forever(self) -> None:
+        while True:
+            await within(self._pull.wait(), PULL_POLL_SECONDS)
+            self._pull.clear()
+            try:
+                while await self._pull_once():
+                    pass
+            except JobStoreUnavailable as exc:
+                log.warning("could not take jobs from the shared line: %s", exc.message)
+
+    async def _pull_once(self) -> bool:
+        room = self.service.core.room() if time.monotonic() < self._valid_until else []
+        if not room:
+            return False
+
+        def runnable(needs: Needs) -> bool:
+            return any(inventory.satisfies(needs) for inventory in room)
+
+        _, jobs = await self.shared.claim(lambda rows: choose(rows, runnable, len(room)))
+        for job in jobs:
+            self.service.hold(job)
+        self.service.fleet.run_actions()
+        return bool(jobs)
+
+    # -- notifications ---------------------------------------------------------------
+
+    def _cancel_asked(self, job_id: str) -> None:
+        self.service.cancel_held(job_id)
+
+    def _reconnected(self) -> None:
+        self.mirrors.all_changed()
+        self._pull.set()
+        held = [j.job_id for j in self.service.registry.open_jobs()]
+        if held:
+            self._tasks.spawn(self._missed_cancels(held), "cancels asked meanwhile")
+
+    async def _missed_cancels(self, job_ids: list[str]) -> None:
+        for job_id in await self.shared.cancel_requested(job_ids):
+            self.service.cancel_held(job_id)

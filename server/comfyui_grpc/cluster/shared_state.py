@@ -1,0 +1,371 @@
+"""What gateway replicas share in PostgreSQL beyond job records: the waiting
+line, who holds which job, and who owns which ComfyUI backend.
+
+A job is *held* by at most one replica (``jobs.holder``), the only one that
+writes its record (:class:`~comfyui_grpc.state.postgres.PostgresJobStore`
+fences its writes on it). A waiting job is held by none: it sits in the
+shared line (``jobs.waiting``) until a replica with a free backend claims it
+with ``FOR UPDATE SKIP LOCKED``, so no job is handed to two replicas. A job
+handed to a backend is held by that backend's owner; a replica that takes a
+backend over takes its jobs with it.
+
+Backend ownership is a lease (``backend_leases``) renewed by its owner and
+taken over once it lapses; times are the database's, so replicas' clocks
+do not matter. Replicas say they are alive in ``replicas``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.inventory import Needs
+from ..jobs import events as ev
+from ..jobs.job import Job
+from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to_json
+from ..scheduler.shared_line import Choice, WaitingRow, next_tags
+from ..state.errors import RequestIdTaken
+from ..state.postgres import PostgresJobStore
+
+QUEUE_CHANNEL = "comfyui_grpc_queue"
+"""NOTIFY channel: a job joined the shared line."""
+CANCEL_CHANNEL = "comfyui_grpc_cancel"
+"""NOTIFY channel: cancel asked for a job another replica holds (payload: job id)."""
+TERMINAL = ["succeeded", "failed", "cancelled"]
+
+
+def needs_to_json(needs: Needs) -> str:
+    return json.dumps({"classes": sorted(needs.classes), "choices": sorted(needs.choices)})
+
+
+def needs_from_json(text: str) -> Needs:
+    if not text:
+        return Needs(frozenset())  # recorded before replicas: ComfyUI validates
+    data = json.loads(text)
+    return Needs(frozenset(data["classes"]), frozenset((a, b, c) for a, b, c in data["choices"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    held: frozenset[str]
+    """Backends this replica owns after the renewal."""
+    live_replicas: int
+
+
+class SharedState:
+    """The SQL of sharing; one per replica, on the job store's pool."""
+
+    def __init__(self, store: PostgresJobStore, replica_id: str, lease_seconds: float) -> None:
+        self.store = store
+        self.replica_id = replica_id
+        self.lease_seconds = lease_seconds
+
+    # -- the shared line ---------------------------------------------------------
+
+    async def enqueue(self, job: Job, needs: Needs) -> int:
+        """Record a new job in the shared line with its first event (QUEUED at
+        its place, which is returned); raises :class:`RequestIdTaken`."""
+        spec = job.spec
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute("SELECT now FROM fair_clock")
+            row = await cursor.fetchone()
+            clock = float(row[0]) if row else 0.0
+            cursor = await conn.execute(
+                "SELECT finish FROM fair_share WHERE caller = %s FOR UPDATE", (spec.caller,)
+            )
+            found = await cursor.fetchone()
+            start, finish = next_tags(clock, None if found is None else float(found[0]))
+            cursor = await conn.execute(
+                "INSERT INTO jobs (job_id, request_id, state, updated, record, holder, waiting, "
+                "caller, high, fair_tag, needs, backend) "
+                "VALUES (%s, %s, %s, %s, %s, '', true, %s, %s, %s, %s, '') "
+                "ON CONFLICT DO NOTHING RETURNING seq",
+                (
+                    job.job_id,
+                    spec.request_id,
+                    job.state.value,
+                    time.time(),
+                    job_to_json(job),
+                    spec.caller,
+                    spec.front,
+                    start,
+                    needs_to_json(needs),
+                ),
+            )
+            inserted = await cursor.fetchone()
+            if inserted is None:
+                taken = await conn.execute(
+                    "SELECT job_id FROM jobs WHERE request_id = %s", (spec.request_id,)
+                )
+                owner = await taken.fetchone()
+                raise RequestIdTaken(spec.request_id, job.job_id if owner is None else owner[0])
+            await conn.execute(
+                "INSERT INTO fair_share (caller, finish) VALUES (%s, %s) "
+                "ON CONFLICT (caller) DO UPDATE SET finish = excluded.finish",
+                (spec.caller, finish),
+            )
+            cursor = await conn.execute(
+                "SELECT count(*) FROM jobs WHERE waiting AND (fair_tag, seq) <= (%s, %s)",
+                (start, inserted[0]),
+            )
+            ahead = await cursor.fetchone()
+            position = int(ahead[0]) if ahead else 1
+            job.queued(position, "")
+            first = next(iter(job.log))
+            await conn.execute(
+                "INSERT INTO events (job_id, sequence, record) VALUES (%s, %s, %s)",
+                (first.job_id, first.sequence, event_to_json(first)),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, job.job_id))
+        return position
+
+    async def claim(self, choose: Any, window: int = 64) -> tuple[Choice, list[Job]]:
+        """Take jobs off the front of the shared line for this replica's free
+        backends: ``choose(rows) -> Choice`` picks among the first ``window``
+        (rows other replicas are claiming are skipped, not waited for)."""
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT job_id, caller, fair_tag, high, seq, needs FROM jobs WHERE waiting "
+                "ORDER BY fair_tag, seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (window,),
+            )
+            rows = [
+                WaitingRow(r[0], r[1], float(r[2]), bool(r[3]), int(r[4]), needs_from_json(r[5]))
+                for r in await cursor.fetchall()
+            ]
+            choice: Choice = choose(rows)
+            if not choice.picks:
+                return choice, []
+            ids = [p.job_id for p in choice.picks]
+            for job_id, tag in choice.retags:
+                await conn.execute("UPDATE jobs SET fair_tag = %s WHERE job_id = %s", (tag, job_id))
+            await conn.execute(
+                "UPDATE jobs SET waiting = false, holder = %s WHERE job_id = ANY(%s)",
+                (self.replica_id, ids),
+            )
+            await conn.execute(
+                "UPDATE fair_clock SET now = GREATEST(now, %s)",
+                (max(p.tag for p in choice.picks),),
+            )
+            jobs = await self._load(conn, ids, gap=False)
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        return choice, sorted(jobs, key=lambda j: order[j.job_id])
+
+    async def give_back(self, job_ids: Sequence[str]) -> None:
+        """Jobs this replica holds (written already) go back to the shared line."""
+        if not job_ids:
+            return
+        async with self.store.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE jobs SET waiting = true, holder = '', backend = '' "
+                "WHERE job_id = ANY(%s) AND holder = %s AND NOT (state = ANY(%s))",
+                (list(job_ids), self.replica_id, TERMINAL),
+            )
+            await conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+
+    async def waiting(self, caller: str | None = None) -> int:
+        async with self.store.connection() as conn:
+            if caller is None:
+                cursor = await conn.execute("SELECT count(*) FROM jobs WHERE waiting")
+            else:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM jobs WHERE waiting AND caller = %s", (caller,)
+                )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- cancel --------------------------------------------------------------------
+
+    async def take_to_cancel(self, job_id: str) -> Job | None:
+        """Take a job out of the shared line to cancel it (None: not waiting there)."""
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "UPDATE jobs SET waiting = false, holder = %s WHERE job_id = %s AND waiting "
+                "RETURNING job_id",
+                (self.replica_id, job_id),
+            )
+            if await cursor.fetchone() is None:
+                return None
+            found = await self._load(conn, [job_id], gap=False)
+        return found[0] if found else None
+
+    async def ask_cancel(self, job_id: str) -> None:
+        """Tell the job's holder (now, or whoever holds it next) to cancel it."""
+        async with self.store.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE jobs SET cancel_requested = true WHERE job_id = %s", (job_id,)
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, job_id))
+
+    async def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND cancel_requested",
+                (list(job_ids),),
+            )
+            return {r[0] for r in await cursor.fetchall()}
+
+    # -- following jobs held elsewhere ---------------------------------------------
+
+    async def news(self, job_id: str, after_sequence: int) -> tuple[str, list[ev.Event]] | None:
+        """The job's record (JSON) and its events after ``after_sequence``."""
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute("SELECT record FROM jobs WHERE job_id = %s", (job_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            cursor = await conn.execute(
+                "SELECT record FROM events WHERE job_id = %s AND sequence > %s ORDER BY sequence",
+                (job_id, after_sequence),
+            )
+            events = [event_from_json(job_id, r[0]) for r in await cursor.fetchall()]
+        return str(row[0]), events
+
+    async def news_many(self, after: dict[str, int]) -> dict[str, tuple[Job, list[ev.Event]]]:
+        """For each job, its record and its events after the given sequence; one round trip."""
+        ids, sequences = list(after), [after[j] for j in after]
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT job_id, record FROM jobs WHERE job_id = ANY(%s)", (ids,)
+            )
+            records = {r[0]: r[1] for r in await cursor.fetchall()}
+            cursor = await conn.execute(
+                "SELECT e.job_id, e.record FROM events e "
+                "JOIN unnest(%s::text[], %s::bigint[]) AS w(job_id, after) "
+                "ON e.job_id = w.job_id AND e.sequence > w.after ORDER BY e.job_id, e.sequence",
+                (ids, sequences),
+            )
+            events: dict[str, list[ev.Event]] = {}
+            for job_id, text in await cursor.fetchall():
+                events.setdefault(job_id, []).append(event_from_json(job_id, text))
+        return {
+            job_id: (job_from_json(job_id, text, [], sequence_gap=False), events.get(job_id, []))
+            for job_id, text in records.items()
+        }
+
+    # -- replicas and backend leases -------------------------------------------------
+
+    async def start(self) -> None:
+        """Say this replica is alive; put back in the line what an earlier
+        life of it had claimed but not handed to a backend."""
+        async with self.store.connection() as conn, conn.transaction():
+            await self._beat(conn)
+            await conn.execute(
+                "UPDATE jobs SET waiting = true, holder = '' WHERE holder = %s AND backend = '' "
+                "AND NOT waiting AND state = 'queued'",
+                (self.replica_id,),
+            )
+
+    async def _beat(self, conn: Any) -> None:
+        await conn.execute(
+            "INSERT INTO replicas (replica_id, heartbeat) VALUES (%s, now()) "
+            "ON CONFLICT (replica_id) DO UPDATE SET heartbeat = now()",
+            (self.replica_id,),
+        )
+
+    async def renew(self, backends: Sequence[str]) -> LeaseView:
+        """Heartbeat and renew this replica's leases; count live replicas;
+        put back in the line jobs claimed by replicas that died before
+        handing them to a backend."""
+        ttl = self.lease_seconds
+        async with self.store.connection() as conn, conn.transaction():
+            await self._beat(conn)
+            cursor = await conn.execute(
+                "UPDATE backend_leases SET expires = now() + make_interval(secs => %s) "
+                "WHERE owner = %s AND backend = ANY(%s) AND expires > now() RETURNING backend",
+                (ttl, self.replica_id, list(backends)),
+            )
+            held = frozenset(r[0] for r in await cursor.fetchall())
+            cursor = await conn.execute(
+                "SELECT count(*) FROM replicas WHERE heartbeat > now() - make_interval(secs => %s)",
+                (ttl,),
+            )
+            row = await cursor.fetchone()
+            cursor = await conn.execute(
+                "UPDATE jobs SET waiting = true, holder = '' WHERE holder <> '' AND backend = '' "
+                "AND NOT waiting AND state = 'queued' AND holder NOT IN (SELECT replica_id "
+                "FROM replicas WHERE heartbeat > now() - make_interval(secs => %s)) "
+                "RETURNING job_id",
+                (ttl,),
+            )
+            if await cursor.fetchall():
+                await conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+        return LeaseView(held, max(1, int(row[0]) if row else 1))
+
+    async def acquire(self, backend: str) -> list[Job] | None:
+        """Own ``backend`` if no live lease names another replica; then hold
+        its open jobs (returned, to reconcile) - None when not acquired."""
+        ttl = self.lease_seconds
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "INSERT INTO backend_leases (backend, owner, expires) "
+                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (backend) DO UPDATE SET owner = excluded.owner, "
+                "expires = excluded.expires, takeovers = backend_leases.takeovers + 1 "
+                "WHERE backend_leases.expires <= now() OR backend_leases.owner = excluded.owner "
+                "RETURNING backend",
+                (backend, self.replica_id, ttl),
+            )
+            if await cursor.fetchone() is None:
+                return None
+            cursor = await conn.execute(
+                "UPDATE jobs SET holder = %s, waiting = false WHERE backend = %s "
+                "AND NOT (state = ANY(%s)) RETURNING job_id",
+                (self.replica_id, backend, TERMINAL),
+            )
+            ids = [r[0] for r in await cursor.fetchall()]
+            return await self._load(conn, ids, gap=True)
+
+    async def release(self, backends: Sequence[str]) -> None:
+        """Give up leases at once (their jobs are written already): another
+        replica takes the backends over without waiting for them to lapse."""
+        if not backends:
+            return
+        async with self.store.connection() as conn:
+            await conn.execute(
+                "UPDATE backend_leases SET expires = now() - interval '1 second' "
+                "WHERE owner = %s AND backend = ANY(%s)",
+                (self.replica_id, list(backends)),
+            )
+
+    async def leave(self) -> None:
+        """This replica stops: others stop counting it."""
+        async with self.store.connection() as conn:
+            await conn.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
+
+    async def owners(self) -> dict[str, str]:
+        """Backend -> owning replica, for live leases."""
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT backend, owner FROM backend_leases WHERE expires > now()"
+            )
+            return {r[0]: r[1] for r in await cursor.fetchall()}
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _load(self, conn: Any, ids: list[str], *, gap: bool) -> list[Job]:
+        """The jobs ``ids`` with their events; ``gap`` when a replica that may
+        have died held them (events it had not written yet may have been seen:
+        new ones start past a gap)."""
+        if not ids:
+            return []
+        cursor = await conn.execute(
+            "SELECT job_id, record, cancel_requested FROM jobs WHERE job_id = ANY(%s)", (ids,)
+        )
+        found = await cursor.fetchall()
+        cursor = await conn.execute(
+            "SELECT job_id, record FROM events WHERE job_id = ANY(%s) ORDER BY job_id, sequence",
+            (ids,),
+        )
+        logs: dict[str, list[ev.Event]] = {}
+        for job_id, text in await cursor.fetchall():
+            logs.setdefault(job_id, []).append(event_from_json(job_id, text))
+        jobs = []
+        for job_id, record, cancel in found:
+            job = job_from_json(job_id, record, logs.get(job_id, []), sequence_gap=gap)
+            job.cancel_requested = job.cancel_requested or bool(cancel)
+            jobs.append(job)
+        return jobs

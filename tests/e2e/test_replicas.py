@@ -1,0 +1,198 @@
+"""Two gateway replicas sharing one PostgreSQL, in front of two simulators:
+any replica answers any RPC for any job.
+
+Jobs are submitted to replica 1 and followed, cancelled and read on
+replica 2; each backend is driven by exactly one replica (the lease table
+says which), and every prompt reaches ComfyUI once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from comfyui_grpc.simulator import Simulator
+from comfyui_grpc.v1 import generation_service_pb2 as pb
+from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
+from comfyui_grpc.v1 import job_pb2
+from support.gateway_process import GatewayProcess
+from support.postgres import PostgresServer
+
+from .helpers import event_kind, slow_workflow, small_image, workflow_request
+
+LEASE_SECONDS = 2.0
+
+
+async def owners(url: str) -> dict[str, str]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(
+            "SELECT backend, owner FROM backend_leases WHERE expires > now()"
+        )
+        return {row[0]: row[1] for row in await cursor.fetchall()}
+
+
+async def until_spread(url: str, backends: int, replicas: int, timeout: float = 30.0) -> None:
+    """Until every backend has an owner and every replica owns one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await owners(url)
+        if len(found) == backends and len(set(found.values())) == replicas:
+            return
+        assert loop.time() < deadline, f"backends not spread over the replicas: {found}"
+        await asyncio.sleep(0.1)
+
+
+def replica(urls: list[str], root: Path, url_file: Path, name: str, log: Path) -> GatewayProcess:
+    return GatewayProcess(
+        urls,
+        root,
+        state=False,
+        extra_args=[
+            "--state-url-file",
+            str(url_file),
+            "--replica-id",
+            name,
+            "--lease-seconds",
+            str(LEASE_SECONDS),
+        ],
+        log_path=log,
+    )
+
+
+@pytest.fixture
+async def two_simulators(tmp_path: Path) -> AsyncIterator[list[Simulator]]:
+    sims = [Simulator(output_dir=tmp_path / f"comfyui-{i}", step_seconds=0.01) for i in range(2)]
+    for sim in sims:
+        await sim.start(host="127.0.0.1", port=0)
+    try:
+        yield sims
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+async def read_artifact(stub: pb_grpc.GenerationServiceStub, job_id: str, name: str) -> bytes:
+    data = b""
+    async for part in stub.ReadArtifact(
+        pb.ReadArtifactRequest(job_id=job_id, artifact=name), timeout=30
+    ):
+        data += part.chunk
+    return data
+
+
+async def test_any_replica_answers_for_any_job(
+    two_simulators: list[Simulator], tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.url(postgres_server.create_database())
+    url_file = tmp_path / "state-url"
+    url_file.write_text(url + "\n")
+    log = tmp_path / "replicas.log"
+    urls = [sim.url for sim in two_simulators]
+    first = replica(urls, tmp_path, url_file, "replica-1", log)
+    second = replica(urls, tmp_path, url_file, "replica-2", log)
+    await first.start()
+    await second.start()
+    try:
+        await until_spread(url, backends=2, replicas=2)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
+            grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
+        ):
+            on_first = pb_grpc.GenerationServiceStub(one)
+            on_second = pb_grpc.GenerationServiceStub(two)
+            # Enough jobs that both backends (so both replicas) run some.
+            jobs = [
+                (
+                    await on_first.Generate(
+                        workflow_request(
+                            slow_workflow(6, 0.02, prefix=f"r{i}"), request_id=f"job-{i}"
+                        ),
+                        timeout=10,
+                    )
+                ).job_id
+                for i in range(6)
+            ]
+            streams = [
+                [
+                    e
+                    async for e in on_second.StreamProgress(
+                        pb.StreamProgressRequest(job_id=job_id, after_sequence=0), timeout=60
+                    )
+                ]
+                for job_id in jobs[:1]
+            ]
+            for job_id in jobs:
+                result = await on_second.GetResult(
+                    pb.GetResultRequest(job_id=job_id, wait_timeout={"seconds": 60}), timeout=70
+                )
+                assert result.job.state == job_pb2.JOB_STATE_SUCCEEDED, result.job.error
+                assert result.job.artifacts
+            # The whole stream, seen from the replica that did not take the Generate.
+            for job_id, events in zip(jobs, streams, strict=False):
+                kinds = [event_kind(e) for e in events]
+                assert kinds[0] == "snapshot"
+                sequences = [e.sequence for e in events[1:]]
+                assert sequences == sorted(sequences)
+                assert len(set(sequences)) == len(sequences)
+                assert "started" in kinds
+                assert "node_progress" in kinds
+                assert kinds[-1] == "succeeded", kinds
+                # The same stream replayed on either replica, from any sequence.
+                middle = sequences[len(sequences) // 2]
+                for stub in (on_first, on_second):
+                    replay = [
+                        e.sequence
+                        async for e in stub.StreamProgress(
+                            pb.StreamProgressRequest(job_id=job_id, after_sequence=middle),
+                            timeout=30,
+                        )
+                    ][1:]
+                    assert replay == [s for s in sequences if s > middle]
+            # Artifacts read through either replica are the same bytes.
+            result = await on_second.GetResult(pb.GetResultRequest(job_id=jobs[0]), timeout=10)
+            artifact = result.job.artifacts[0]
+            for stub in (on_first, on_second):
+                data = await read_artifact(stub, jobs[0], artifact.key)
+                assert hashlib.sha256(data).hexdigest() == artifact.sha256
+            # A request_id repeated on the other replica is the same job.
+            again = await on_second.Generate(
+                workflow_request(slow_workflow(6, 0.02, prefix="r0"), request_id="job-0"),
+                timeout=10,
+            )
+            assert again.job_id == jobs[0]
+            assert again.deduplicated
+            # Both replicas drove a backend: each ran some of the jobs.
+            ran = [sum(sim.submitted_prompt_ids.count(j) for j in jobs) for sim in two_simulators]
+            assert all(ran), ran
+            # A job waiting in the shared line, cancelled through the other replica.
+            blockers = [
+                (
+                    await on_first.Generate(
+                        workflow_request(slow_workflow(200, 0.02, prefix=f"b{i}")), timeout=10
+                    )
+                ).job_id
+                for i in range(6)
+            ]
+            waiting = (await on_first.Generate(small_image("never run"), timeout=10)).job_id
+            cancelled = await on_second.CancelJob(pb.CancelJobRequest(job_id=waiting), timeout=20)
+            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+            # And a running one, held by whichever replica drives its backend.
+            running = await on_second.CancelJob(pb.CancelJobRequest(job_id=blockers[0]), timeout=30)
+            assert running.job.state == job_pb2.JOB_STATE_CANCELLED
+            for job_id in blockers[1:]:
+                await on_first.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=30)
+    finally:
+        for process in (first, second):
+            process.signal(signal.SIGTERM)
+        assert await first.wait() == 0
+        assert await second.wait() == 0
+    for job_id in jobs:
+        assert sum(sim.submitted_prompt_ids.count(job_id) for sim in two_simulators) == 1
+    assert all(waiting not in sim.submitted_prompt_ids for sim in two_simulators)
