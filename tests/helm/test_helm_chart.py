@@ -93,6 +93,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     # Job records in PostgreSQL, the URL given inline (kept in the chart's Secret).
     "postgres-inline": {"state": {"postgres": {"url": POSTGRES_URL}}},
+    # Several gateways sharing a PostgreSQL of the operator's.
+    "replicas-external-postgres": {
+        "gateway": {"replicaCount": 3},
+        "state": {"postgres": {"url": POSTGRES_URL}},
+    },
+    # Several gateways on the bundled single-node PostgreSQL, its password generated.
+    "replicas-bundled-postgres": {
+        "gateway": {"replicaCount": 2},
+        "postgresql": {"enabled": True},
+    },
     # Everything else that is optional: Traefik ingress (h2c), NetworkPolicies, one gateway
     # on PostgreSQL (URL in a Secret of the operator's), an existing Secret, existing models
     # claim, several GPU pods.
@@ -273,6 +283,7 @@ def reference_problems(rendered: Rendered, values: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     existing_secrets = {values.get("existingSecret"), values.get("tls", {}).get("secretName")}
     existing_secrets.add(values.get("state", {}).get("postgres", {}).get("existingSecret"))
+    existing_secrets.add(values.get("postgresql", {}).get("auth", {}).get("existingSecret"))
     existing_secrets |= {t.get("secretName") for t in values.get("ingress", {}).get("tls", [])}
     existing_claims = {
         values.get("gateway", {}).get("persistence", {}).get("existingClaim"),
@@ -594,7 +605,12 @@ def test_names_and_labels(render_chart: Any, value_set: tuple[str, dict[str, Any
         assert labels["app.kubernetes.io/instance"] == RELEASE, label
         assert labels["app.kubernetes.io/managed-by"] == "Helm", label
         assert labels["app.kubernetes.io/part-of"] == "comfyui-grpc", label
-        assert labels["app.kubernetes.io/component"] in {"gateway", "comfyui", "rustfs"}, label
+        assert labels["app.kubernetes.io/component"] in {
+            "gateway",
+            "comfyui",
+            "rustfs",
+            "postgresql",
+        }, label
         assert labels["app.kubernetes.io/version"] == "0.1.0", label
         assert labels["helm.sh/chart"] == "comfyui-grpc-0.1.0", label
 
@@ -910,10 +926,10 @@ def test_ha_set_uses_existing_secrets_postgres_and_network_policies(
     assert rendered.find("Secret", FULLNAME) is None
     deployment = rendered.get("Deployment", FULLNAME)
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"] == ROLLING_WITHOUT_DOWNTIME
     assert rendered.find("PersistentVolumeClaim", f"{FULLNAME}-state") is None
     gateway = container(deployment, "gateway")
-    refs = {n: v["secretKeyRef"] for n, v in env_of(gateway).items()}
+    refs = {n: v["secretKeyRef"] for n, v in env_of(gateway).items() if "secretKeyRef" in v}
     assert {r["name"] for r in refs.values()} == {"comfyui-grpc-credentials"}
     assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "COMFYUI_GRPC_AUTH_TOKENS"}
     pdb = rendered.get("PodDisruptionBudget", FULLNAME)
@@ -991,6 +1007,17 @@ BAD_VALUES = [
     ({"state": {"postgres": {"existingSecret": "My_Secret"}}}, ["/state/postgres/existingSecret"]),
     ({"state": {"postgres": {"existingSecretKey": "a/b"}}}, ["/state/postgres/existingSecretKey"]),
     ({"state": {"sqlite": {}}}, ["additional properties 'sqlite' not allowed"]),
+    ({"gateway": {"leaseSeconds": 0}}, ["/gateway/leaseSeconds"]),
+    ({"gateway": {"leaseSeconds": "10s"}}, ["/gateway/leaseSeconds", "got string, want integer"]),
+    ({"postgresql": {"enabled": "yes"}}, ["/postgresql/enabled", "got string, want boolean"]),
+    ({"postgresql": {"auth": {"username": "Comfy-UI"}}}, ["/postgresql/auth/username"]),
+    ({"postgresql": {"auth": {"database": "jobs;drop"}}}, ["/postgresql/auth/database"]),
+    (
+        {"postgresql": {"auth": {"existingSecret": "My_Secret"}}},
+        ["/postgresql/auth/existingSecret"],
+    ),
+    ({"postgresql": {"persistence": {"size": "lots"}}}, ["/postgresql/persistence/size"]),
+    ({"postgresql": {"storage": {}}}, ["additional properties 'storage' not allowed"]),
 ]
 
 
@@ -1010,16 +1037,36 @@ def test_bad_values_are_rejected_with_a_readable_message(
 
 
 REPLICAS_REFUSED = (
-    "several replicas need the shared queue and backend leases that this version does not "
-    "have yet; run one replica (with PostgreSQL or SQLite on a volume)"
+    "needs job state on PostgreSQL: with SQLite each replica would keep its own jobs, queue "
+    "and backends apart from the others. Set state.postgres.url, state.postgres.existingSecret "
+    "or postgresql.enabled=true, or run one replica."
+)
+BOTH_POSTGRES_REFUSED = (
+    "set state.postgres.url / state.postgres.existingSecret (a PostgreSQL of yours) or "
+    "postgresql.enabled (the bundled one), not both"
 )
 
 CONFLICTING_VALUES = [
-    ({"gateway": {"replicaCount": 2}}, REPLICAS_REFUSED),
-    ({"gateway": {"replicaCount": 3, "persistence": {"enabled": False}}}, REPLICAS_REFUSED),
+    ({"gateway": {"replicaCount": 2}}, f"gateway.replicaCount=2 {REPLICAS_REFUSED}"),
     (
-        {"gateway": {"replicaCount": 2}, "state": {"postgres": {"url": POSTGRES_URL}}},
-        REPLICAS_REFUSED,
+        {"gateway": {"replicaCount": 3, "persistence": {"enabled": False}}},
+        f"gateway.replicaCount=3 {REPLICAS_REFUSED}",
+    ),
+    (
+        {"state": {"postgres": {"url": POSTGRES_URL}}, "postgresql": {"enabled": True}},
+        BOTH_POSTGRES_REFUSED,
+    ),
+    (
+        {
+            "gateway": {"replicaCount": 2},
+            "state": {"postgres": {"existingSecret": "team-postgres"}},
+            "postgresql": {"enabled": True},
+        },
+        BOTH_POSTGRES_REFUSED,
+    ),
+    (
+        {"postgresql": {"enabled": True, "auth": {"password": "pw", "existingSecret": "db"}}},
+        "set postgresql.auth.password or postgresql.auth.existingSecret, not both",
     ),
     (
         {"state": {"postgres": {"url": POSTGRES_URL, "existingSecret": "pg"}}},
@@ -1057,6 +1104,10 @@ def test_conflicting_values_fail_the_render_with_advice(
 # --- job state on PostgreSQL ---------------------------------------------------------------
 
 STATE_URL_FILE = "/etc/comfyui-grpc/state/state-url"
+ROLLING_WITHOUT_DOWNTIME = {
+    "type": "RollingUpdate",
+    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+}
 
 
 def gateway_settings(env: dict[str, str]) -> Any:
@@ -1095,8 +1146,8 @@ def assert_keeps_nothing_on_disk(rendered: Rendered, env: dict[str, str]) -> Non
     assert not [v for v in volumes if "emptyDir" in v and v["name"] != "tmp"]
     mounts = {m["mountPath"] for m in container(deployment, "gateway")["volumeMounts"]}
     assert "/var/lib/comfyui-grpc" not in mounts
-    # A new pod takes back the unfinished jobs, so the old one must be gone first.
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # The replicas share the database: a new pod joins before an old one leaves.
+    assert deployment["spec"]["strategy"] == ROLLING_WITHOUT_DOWNTIME
     settings = gateway_settings(env)
     assert settings.state_url_file == STATE_URL_FILE
     assert (settings.state_path, settings.state_url) == ("", "")
@@ -1139,18 +1190,44 @@ def test_postgres_url_from_an_existing_secret(render_chart: Any) -> None:
     assert state_url_volume(deployment, env)["items"] == [{"key": "state-url", "path": "state-url"}]
 
 
-@pytest.mark.parametrize("name", ["postgres-inline", "ingress-netpol-ha"])
+# A password URL escaping must keep intact: user-info delimiters, a space, a plus, a percent.
+BUNDLED_PASSWORD = "db p@ss:w/rd+%?#1"
+DATABASE_VALUE_SETS = {
+    "postgres-inline": VALUE_SETS["postgres-inline"],
+    "ingress-netpol-ha": VALUE_SETS["ingress-netpol-ha"],
+    "replicas-external-postgres": VALUE_SETS["replicas-external-postgres"],
+    "replicas-bundled-postgres": VALUE_SETS["replicas-bundled-postgres"],
+    "bundled-given-password": {
+        "postgresql": {"enabled": True, "auth": {"password": BUNDLED_PASSWORD}}
+    },
+}
+
+
+def database_secrets(rendered: Rendered, values: dict[str, Any]) -> list[str]:
+    """The strings that must appear in Secrets only: the database password and URL."""
+    if not values.get("postgresql", {}).get("enabled"):
+        return [POSTGRES_PASSWORD, POSTGRES_URL]
+    data = rendered.get("Secret", f"{FULLNAME}-postgresql")["data"]
+    found = [base64.b64decode(data[key]).decode() for key in ("password", "state-url")]
+    assert all(len(s) >= 16 for s in found), found
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(DATABASE_VALUE_SETS))
 def test_the_postgres_url_is_never_in_a_configmap_or_an_env_value(
     render_chart: Any, name: str
 ) -> None:
-    rendered = render_chart(VALUE_SETS[name])
-    encoded = base64.b64encode(POSTGRES_URL.encode()).decode()
-    for doc in rendered.docs:
-        text = json.dumps(doc)
-        if doc["kind"] == "Secret":
-            continue
-        assert POSTGRES_PASSWORD not in text, f"{doc['kind']}/{doc['metadata']['name']}"
-        assert encoded not in text, f"{doc['kind']}/{doc['metadata']['name']}"
+    values = DATABASE_VALUE_SETS[name]
+    rendered = render_chart(values)
+    for secret in database_secrets(rendered, values):
+        encoded = base64.b64encode(secret.encode()).decode()
+        for doc in rendered.docs:
+            text = json.dumps(doc)
+            if doc["kind"] == "Secret":
+                continue
+            assert secret not in text, f"{doc['kind']}/{doc['metadata']['name']}"
+            assert encoded not in text, f"{doc['kind']}/{doc['metadata']['name']}"
+        assert secret not in rendered.notes
     for configmap in rendered.of_kind("ConfigMap"):
         assert not [v for v in configmap["data"].values() if "postgres" in v.lower()]
     for workload in rendered.docs:
@@ -1160,8 +1237,16 @@ def test_the_postgres_url_is_never_in_a_configmap_or_an_env_value(
             literal = [e["name"] for e in item.get("env", []) if "value" in e]
             assert "COMFYUI_GRPC_STATE_URL" not in literal
             assert "COMFYUI_GRPC_STATE_URL" not in env_of(item)
-            assert not [e for e in item.get("env", []) if "postgres" in str(e.get("value", ""))]
-    assert POSTGRES_PASSWORD not in rendered.notes
+            assert not [
+                e
+                for e in item.get("env", [])
+                if re.search(r"postgres(ql)?://", str(e.get("value")))
+            ]
+    # The gateway reads the URL from a file of a mounted Secret, and from nowhere else.
+    deployment = rendered.get("Deployment", FULLNAME)
+    env = configmap_env(rendered, container(deployment, "gateway"))
+    assert env["COMFYUI_GRPC_STATE_URL_FILE"] == STATE_URL_FILE
+    assert state_url_volume(deployment, env)["items"][0]["path"] == "state-url"
 
 
 def test_sqlite_stays_the_default_job_store(render_chart: Any) -> None:
@@ -1183,6 +1268,301 @@ def test_a_malformed_postgres_url_is_refused_without_repeating_it(
     assert POSTGRES_PASSWORD not in str(caught.value)
     for good in (POSTGRES_URL, "postgres://db/jobs", ""):
         helm_chart.validate_schema({"state": {"postgres": {"url": good}}})
+
+
+# --- several gateway replicas ---------------------------------------------------------------
+
+REPLICA_SETS = ["replicas-external-postgres", "replicas-bundled-postgres"]
+
+
+def gateway_selector(rendered: Rendered) -> dict[str, str]:
+    selector: dict[str, str] = rendered.get("Deployment", FULLNAME)["spec"]["selector"][
+        "matchLabels"
+    ]
+    return selector
+
+
+@pytest.mark.parametrize("name", REPLICA_SETS)
+def test_several_replicas_on_postgres_roll_one_surge_pod_at_a_time(
+    render_chart: Any, name: str
+) -> None:
+    values = VALUE_SETS[name]
+    rendered = render_chart(values)
+    deployment = rendered.get("Deployment", FULLNAME)
+    assert deployment["spec"]["replicas"] == values["gateway"]["replicaCount"]
+    # Replicas hand their backends over on SIGTERM: never fewer pods than asked for.
+    assert deployment["spec"]["strategy"] == ROLLING_WITHOUT_DOWNTIME
+    env = configmap_env(rendered, container(deployment, "gateway"))
+    assert_keeps_nothing_on_disk(rendered, env)
+    # The pod outlives the gateway's drain (handover included).
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert int(env["COMFYUI_GRPC_SHUTDOWN_GRACE_SECONDS"]) < grace
+
+
+def test_sqlite_keeps_one_pod_at_a_time_and_postgres_rolls(render_chart: Any) -> None:
+    def strategy(values: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = render_chart(values).get("Deployment", FULLNAME)["spec"][
+            "strategy"
+        ]
+        return result
+
+    # SQLite on the ReadWriteOnce volume: the old pod must let go of the file first.
+    assert strategy({}) == {"type": "Recreate"}
+    # SQLite in an emptyDir: nothing shared, a surge pod as before.
+    assert strategy({"gateway": {"persistence": {"enabled": False}}}) == ROLLING_WITHOUT_DOWNTIME
+    # One replica on PostgreSQL rolls too: the new pod takes over through the leases.
+    assert strategy(VALUE_SETS["postgres-inline"]) == ROLLING_WITHOUT_DOWNTIME
+    assert strategy({"postgresql": {"enabled": True}}) == ROLLING_WITHOUT_DOWNTIME
+
+
+@pytest.mark.parametrize("name", REPLICA_SETS)
+def test_replicas_prefer_different_nodes(render_chart: Any, name: str) -> None:
+    rendered = render_chart(VALUE_SETS[name])
+    affinity = pod_spec(rendered.get("Deployment", FULLNAME))["affinity"]
+    assert set(affinity) == {"podAntiAffinity"}
+    [term] = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["weight"] == 100
+    assert term["podAffinityTerm"] == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": gateway_selector(rendered)},
+    }
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity["podAntiAffinity"]
+
+
+def test_gateway_affinity_replaces_the_default_spread(render_chart: Any) -> None:
+    assert "affinity" not in pod_spec(render_chart({}).get("Deployment", FULLNAME))
+    mine = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["cpu"]}]}
+                ]
+            }
+        }
+    }
+    values = {
+        **VALUE_SETS["replicas-external-postgres"],
+        "gateway": {"replicaCount": 3, "affinity": mine},
+    }
+    rendered = render_chart(values)
+    assert pod_spec(rendered.get("Deployment", FULLNAME))["affinity"] == mine
+
+
+@pytest.mark.parametrize("name", REPLICA_SETS)
+def test_replicas_have_a_disruption_budget_of_one_pod(render_chart: Any, name: str) -> None:
+    values = VALUE_SETS[name]
+    rendered = render_chart(values)
+    pdb = rendered.get("PodDisruptionBudget", FULLNAME)
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": gateway_selector(rendered)},
+    }
+    # A drain takes one replica at a time and leaves the others serving.
+    assert values["gateway"]["replicaCount"] - pdb["spec"]["maxUnavailable"] >= 1
+
+
+@pytest.mark.parametrize("name", REPLICA_SETS)
+def test_each_replica_is_named_by_its_pod_and_gets_the_lease(render_chart: Any, name: str) -> None:
+    rendered = render_chart(VALUE_SETS[name])
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    [replica_id] = [e for e in gateway["env"] if e["name"] == "COMFYUI_GRPC_REPLICA_ID"]
+    assert replica_id == {
+        "name": "COMFYUI_GRPC_REPLICA_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    assert configmap_env(rendered, gateway)["COMFYUI_GRPC_LEASE_SECONDS"] == "10"
+    longer = render_chart({**VALUE_SETS[name], "gateway": {"replicaCount": 2, "leaseSeconds": 25}})
+    longer_gateway = container(longer.get("Deployment", FULLNAME), "gateway")
+    assert configmap_env(longer, longer_gateway)["COMFYUI_GRPC_LEASE_SECONDS"] == "25"
+
+
+def test_sqlite_gets_no_replica_settings(render_chart: Any) -> None:
+    rendered = render_chart({})
+    gateway = container(rendered.get("Deployment", FULLNAME), "gateway")
+    assert "COMFYUI_GRPC_REPLICA_ID" not in env_of(gateway)
+    assert "COMFYUI_GRPC_LEASE_SECONDS" not in configmap_env(rendered, gateway)
+
+
+def test_replicas_without_postgres_are_refused_saying_why(helm_sdk: Any, helm_chart: Any) -> None:
+    with pytest.raises(helm_sdk.HelmRenderError) as caught:
+        helm_chart.render({"gateway": {"replicaCount": 2}}, name=RELEASE, namespace=NAMESPACE)
+    message = str(caught.value)
+    assert "each replica would keep its own jobs" in message
+    for remedy in ("state.postgres.url", "state.postgres.existingSecret", "postgresql.enabled"):
+        assert remedy in message
+    # One replica on SQLite, and several on either PostgreSQL, render.
+    for values in ({}, *(VALUE_SETS[name] for name in REPLICA_SETS)):
+        helm_chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# --- the bundled PostgreSQL ----------------------------------------------------------------
+
+PG_NAME = f"{FULLNAME}-postgresql"
+PG_HOST = f"{PG_NAME}.{NAMESPACE}.svc.cluster.local"
+
+
+def test_bundled_postgresql_is_a_non_root_statefulset_with_a_volume(render_chart: Any) -> None:
+    values = {
+        "gateway": {"replicaCount": 2},
+        "postgresql": {
+            "enabled": True,
+            "persistence": {"size": "20Gi", "storageClass": "fast-ssd"},
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        },
+    }
+    rendered = render_chart(values)
+    statefulset = rendered.get("StatefulSet", PG_NAME)
+    assert statefulset["spec"]["replicas"] == 1
+    spec = pod_spec(statefulset)
+    postgres = container(statefulset, "postgresql")
+    assert postgres["image"] == "postgres:16-alpine"
+    assert postgres["resources"]["requests"] == {"cpu": "250m", "memory": "512Mi"}
+    # uid 70 is postgres in the alpine image; the volume is group-owned by it.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert (spec["securityContext"]["runAsUser"], spec["securityContext"]["fsGroup"]) == (70, 70)
+    assert postgres["securityContext"]["allowPrivilegeEscalation"] is False
+    env = env_of(postgres)
+    mounts = {m["name"]: m["mountPath"] for m in postgres["volumeMounts"]}
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"] == {"storage": "20Gi"}
+    # PGDATA is a directory inside the mount (the volume's root may hold lost+found).
+    assert Path(env["PGDATA"]).parent == Path(mounts["data"])
+    # The password comes from the Secret as a file, as the gateway's URL does.
+    password_file = Path(env["POSTGRES_PASSWORD_FILE"])
+    assert Path(mounts["password"]) == password_file.parent
+    [volume] = [v for v in spec["volumes"] if v["name"] == "password"]
+    assert volume["secret"]["secretName"] == PG_NAME
+    assert volume["secret"]["items"] == [{"key": "password", "path": password_file.name}]
+    assert "POSTGRES_PASSWORD" not in env
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == ("comfyui", "comfyui")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = postgres[probe]["exec"]["command"]
+        assert command[0] == "pg_isready"
+        assert command[1:] == [
+            "--host=127.0.0.1",
+            "--port=5432",
+            "--username=comfyui",
+            "--dbname=comfyui",
+        ]
+    service = rendered.get("Service", PG_NAME)
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (5432, "postgresql")
+    ]
+    assert statefulset["spec"]["serviceName"] == PG_NAME
+    assert f"PostgreSQL in statefulset/{PG_NAME}" in rendered.notes
+    assert "(single node: back it up)" in rendered.notes
+
+
+def test_bundled_postgresql_url_reaches_the_gateway_as_a_file(render_chart: Any) -> None:
+    values = {"postgresql": {"enabled": True, "auth": {"password": BUNDLED_PASSWORD}}}
+    rendered = render_chart(values)
+    deployment = rendered.get("Deployment", FULLNAME)
+    env = configmap_env(rendered, container(deployment, "gateway"))
+    secret = state_url_volume(deployment, env)
+    assert secret["secretName"] == PG_NAME
+    assert secret["items"] == [{"key": "state-url", "path": "state-url"}]
+    assert secret["defaultMode"] == 0o440
+    data = rendered.get("Secret", PG_NAME)["data"]
+    assert base64.b64decode(data["password"]).decode() == BUNDLED_PASSWORD
+    url = base64.b64decode(data["state-url"]).decode()
+    # What the gateway's driver makes of the URL: the password survives the escaping.
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert conninfo_to_dict(url) == {
+        "user": "comfyui",
+        "password": BUNDLED_PASSWORD,
+        "host": PG_HOST,
+        "port": "5432",
+        "dbname": "comfyui",
+    }
+    assert_keeps_nothing_on_disk(rendered, env)
+    # The chart's main Secret keeps its own keys and no URL.
+    assert "state-url" not in rendered.get("Secret", FULLNAME)["data"]
+
+
+def test_bundled_password_is_stable_when_given_and_generated_otherwise(helm_chart: Any) -> None:
+    def secret(values: dict[str, Any]) -> dict[str, str]:
+        files = helm_chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        data = Rendered(files).get("Secret", PG_NAME)["data"]
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    given = {"postgresql": {"enabled": True, "auth": {"password": "s3cret-given-password"}}}
+    first, second = secret(given), secret(given)
+    assert first == second
+    assert first["password"] == "s3cret-given-password"
+    generated = [secret({"postgresql": {"enabled": True}}) for _ in range(2)]
+    for item in generated:
+        assert re.fullmatch(r"[A-Za-z0-9]{32}", item["password"])
+        assert f":{item['password']}@{PG_HOST}:5432/" in item["state-url"]
+    assert generated[0]["password"] != generated[1]["password"]  # per install...
+    template = (CHART_DIR / "templates" / "postgresql-secret.yaml").read_text()
+    assert 'get $previous "password"' in template  # ...and read back from the cluster on upgrade
+
+
+def test_bundled_postgresql_from_an_existing_secret(render_chart: Any) -> None:
+    values = {
+        "gateway": {"replicaCount": 2},
+        "postgresql": {
+            "enabled": True,
+            "auth": {
+                "existingSecret": "team-db",
+                "existingSecretPasswordKey": "pw",
+                "existingSecretUrlKey": "uri",
+            },
+        },
+    }
+    rendered = render_chart(values)
+    assert rendered.find("Secret", PG_NAME) is None
+    deployment = rendered.get("Deployment", FULLNAME)
+    env = configmap_env(rendered, container(deployment, "gateway"))
+    url_secret = state_url_volume(deployment, env)
+    assert url_secret["secretName"] == "team-db"
+    assert url_secret["items"] == [{"key": "uri", "path": "state-url"}]
+    statefulset = rendered.get("StatefulSet", PG_NAME)
+    [volume] = [v for v in pod_spec(statefulset)["volumes"] if v["name"] == "password"]
+    assert volume["secret"]["secretName"] == "team-db"
+    assert volume["secret"]["items"] == [{"key": "pw", "path": "password"}]
+    assert reference_problems(rendered, values) == []
+    assert "URL from secret/team-db key uri" in rendered.notes
+
+
+def test_only_the_gateway_reaches_the_bundled_postgresql(render_chart: Any) -> None:
+    rendered = render_chart(VALUE_SETS["replicas-bundled-postgres"])
+    policy = rendered.get("NetworkPolicy", PG_NAME)
+    statefulset = rendered.get("StatefulSet", PG_NAME)
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == statefulset["spec"]["selector"]["matchLabels"]
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [
+        {
+            "ports": [{"port": 5432, "protocol": "TCP"}],
+            "from": [{"podSelector": {"matchLabels": gateway_selector(rendered)}}],
+        }
+    ]
+    # No other policy lets anything in to the database's pods.
+    pg_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    others = [
+        p
+        for p in rendered.of_kind("NetworkPolicy")
+        if p is not policy and selects(p["spec"]["podSelector"]["matchLabels"], pg_labels)
+    ]
+    assert others == []
+    off = render_chart(
+        {**VALUE_SETS["replicas-bundled-postgres"], "networkPolicy": {"enabled": False}}
+    )
+    assert not off.of_kind("NetworkPolicy")
+    assert render_chart({}).find("NetworkPolicy", PG_NAME) is None
+
+
+def test_bundled_postgresql_is_off_by_default(render_chart: Any) -> None:
+    rendered = render_chart({})
+    assert rendered.find("StatefulSet", PG_NAME) is None
+    assert rendered.find("Service", PG_NAME) is None
+    assert rendered.find("Secret", PG_NAME) is None
 
 
 # --- the image the chart runs -------------------------------------------------------------

@@ -45,6 +45,10 @@ name stays a valid 63-character DNS label. Call with (dict "ctx" $ "suffix" "com
 {{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "rustfs") }}
 {{- end }}
 
+{{- define "comfyui-grpc.postgresqlName" -}}
+{{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "postgresql") }}
+{{- end }}
+
 {{- define "comfyui-grpc.stateName" -}}
 {{- include "comfyui-grpc.componentName" (dict "ctx" . "suffix" "state") }}
 {{- end }}
@@ -103,26 +107,53 @@ An image reference from {repository, tag, digest}. Call with (dict "image" .Valu
 {{- end }}
 
 {{/*
-"true" when the gateway keeps its job records in PostgreSQL (state.postgres.url or
-state.postgres.existingSecret); it then keeps nothing on disk.
+"true" when the gateway keeps its job records in PostgreSQL: an external one
+(state.postgres.url or state.postgres.existingSecret) or the bundled one (postgresql.enabled).
+It then keeps nothing on disk, and several replicas can share the database.
 */}}
 {{- define "comfyui-grpc.postgres" -}}
-{{- if or .Values.state.postgres.url .Values.state.postgres.existingSecret -}}
+{{- if or .Values.state.postgres.url .Values.state.postgres.existingSecret .Values.postgresql.enabled -}}
 true
 {{- end }}
 {{- end }}
 
-{{/* The Secret holding the PostgreSQL URL: state.postgres.existingSecret or the chart's own. */}}
+{{/*
+The Secret holding the PostgreSQL URL: state.postgres.existingSecret or the chart's own for an
+external database; postgresql.auth.existingSecret or the bundled database's own Secret.
+*/}}
 {{- define "comfyui-grpc.stateUrlSecretName" -}}
+{{- if .Values.postgresql.enabled }}
+{{- include "comfyui-grpc.postgresqlSecretName" . }}
+{{- else }}
 {{- default (include "comfyui-grpc.fullname" .) .Values.state.postgres.existingSecret }}
 {{- end }}
+{{- end }}
 
-{{/* The Secret key holding the PostgreSQL URL (the chart's own Secret always uses state-url). */}}
+{{/* The Secret key holding the PostgreSQL URL (the chart's own Secrets always use state-url). */}}
 {{- define "comfyui-grpc.stateUrlSecretKey" -}}
-{{- if .Values.state.postgres.existingSecret }}
+{{- if and .Values.postgresql.enabled .Values.postgresql.auth.existingSecret }}
+{{- .Values.postgresql.auth.existingSecretUrlKey }}
+{{- else if and (not .Values.postgresql.enabled) .Values.state.postgres.existingSecret }}
 {{- .Values.state.postgres.existingSecretKey }}
 {{- else -}}
 state-url
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the bundled PostgreSQL's password and the gateway's URL to it:
+postgresql.auth.existingSecret or the chart's own <fullname>-postgresql.
+*/}}
+{{- define "comfyui-grpc.postgresqlSecretName" -}}
+{{- default (include "comfyui-grpc.postgresqlName" .) .Values.postgresql.auth.existingSecret }}
+{{- end }}
+
+{{/* The Secret key holding the bundled PostgreSQL's password. */}}
+{{- define "comfyui-grpc.postgresqlPasswordKey" -}}
+{{- if .Values.postgresql.auth.existingSecret }}
+{{- .Values.postgresql.auth.existingSecretPasswordKey }}
+{{- else -}}
+password
 {{- end }}
 {{- end }}
 
@@ -206,10 +237,16 @@ naming the values to change.
 */}}
 {{- define "comfyui-grpc.validate" -}}
 {{- $v := .Values }}
-{{- if gt (int $v.gateway.replicaCount) 1 }}
-{{- fail (printf "gateway.replicaCount=%d: several replicas need the shared queue and backend leases that this version does not have yet; run one replica (with PostgreSQL or SQLite on a volume). Every gateway would drive every ComfyUI on its own." (int $v.gateway.replicaCount)) }}
-{{- end }}
 {{- $pg := $v.state.postgres }}
+{{- if and (or $pg.url $pg.existingSecret) $v.postgresql.enabled }}
+{{- fail "set state.postgres.url / state.postgres.existingSecret (a PostgreSQL of yours) or postgresql.enabled (the bundled one), not both: the gateway keeps its jobs in one database." }}
+{{- end }}
+{{- if and (gt (int $v.gateway.replicaCount) 1) (not (include "comfyui-grpc.postgres" .)) }}
+{{- fail (printf "gateway.replicaCount=%d needs job state on PostgreSQL: with SQLite each replica would keep its own jobs, queue and backends apart from the others. Set state.postgres.url, state.postgres.existingSecret or postgresql.enabled=true, or run one replica." (int $v.gateway.replicaCount)) }}
+{{- end }}
+{{- if and $v.postgresql.enabled $v.postgresql.auth.password $v.postgresql.auth.existingSecret }}
+{{- fail "set postgresql.auth.password or postgresql.auth.existingSecret, not both: the password (and the gateway's URL) come from one Secret." }}
+{{- end }}
 {{- if and $pg.url $pg.existingSecret }}
 {{- fail "set state.postgres.url or state.postgres.existingSecret, not both: the gateway reads its PostgreSQL URL from one Secret. Keep url to have the chart store it in its own Secret, or existingSecret (and existingSecretKey) to read it from a Secret of yours." }}
 {{- end }}
