@@ -292,6 +292,8 @@ class Gateway:
                 self._add_backend(url)
         if self.callback_allow.enabled:
             self.callbacks = self._deliverer()
+            if self.service.replica is not None:
+                self.callbacks.shared = self.service.replica.shared
             self.service.tracker.on_job_ended = self.callbacks.job_ended
         await self.service.start()
         if self.settings.templates_dir:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,8 @@ from comfyui_grpc.simulator import Simulator
 from comfyui_grpc.v1 import generation_service_pb2 as pb
 from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from comfyui_grpc.v1 import job_pb2
+from comfyui_grpc_client import parse_callback
+from support.callback_receiver import CallbackReceiver
 from support.gateway_process import GatewayProcess
 from support.postgres import PostgresServer
 
@@ -49,7 +51,14 @@ async def until_spread(url: str, backends: int, replicas: int, timeout: float = 
         await asyncio.sleep(0.1)
 
 
-def replica(urls: list[str], root: Path, url_file: Path, name: str, log: Path) -> GatewayProcess:
+def replica(
+    urls: list[str],
+    root: Path,
+    url_file: Path,
+    name: str,
+    log: Path,
+    extra: Sequence[str] = (),
+) -> GatewayProcess:
     return GatewayProcess(
         urls,
         root,
@@ -61,6 +70,7 @@ def replica(urls: list[str], root: Path, url_file: Path, name: str, log: Path) -
             name,
             "--lease-seconds",
             str(LEASE_SECONDS),
+            *extra,
         ],
         log_path=log,
     )
@@ -196,3 +206,61 @@ async def test_any_replica_answers_for_any_job(
     for job_id in jobs:
         assert sum(sim.submitted_prompt_ids.count(job_id) for sim in two_simulators) == 1
     assert all(waiting not in sim.submitted_prompt_ids for sim in two_simulators)
+
+
+async def test_a_pending_callback_survives_the_replica_that_held_it(
+    simulator: Simulator, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    receiver = CallbackReceiver()
+    await receiver.start()
+    receiver.answers = [503]  # the receiver is down for now
+    url = postgres_server.url(postgres_server.create_database())
+    url_file = tmp_path / "state-url"
+    url_file.write_text(url + "\n")
+    secret = tmp_path / "callback-secret"
+    secret.write_text("callback-secret\n")
+    args = [
+        "--callback-allow", "127.0.0.1/32", "--callback-allow-http",
+        "--callback-secret-file", str(secret), "--callback-retry-initial", "0.2",
+    ]  # fmt: skip
+    log = tmp_path / "replicas.log"
+    replicas = {
+        name: replica([simulator.url], tmp_path, url_file, name, log, args)
+        for name in ("replica-1", "replica-2")
+    }
+    try:
+        for process in replicas.values():
+            await process.start()
+        await until_spread(url, backends=1, replicas=1)
+        [holder] = (await owners(url)).values()
+        other = next(name for name in replicas if name != holder)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas[other].port}") as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            request = small_image()
+            request.callback.url = receiver.url
+            job_id = (await stub.Generate(request, timeout=10)).job_id
+            # Sent (and failed) twice by the replica holding the job.
+            failed, _ = await receiver.wait_for(2)
+            replicas[holder].signal(signal.SIGKILL)
+            await replicas[holder].wait()
+            receiver.answers = [200]
+            receiver.received.clear()
+            # The other replica takes the delivery over, under the same delivery id.
+            [delivered] = await receiver.wait_for(1, timeout=30)
+            assert (
+                delivered.headers["X-ComfyUI-GRPC-Delivery"]
+                == failed.headers["X-ComfyUI-GRPC-Delivery"]
+            )
+            assert parse_callback(delivered.body).job_id == job_id
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while True:
+                job = (await stub.GetResult(pb.GetResultRequest(job_id=job_id), timeout=10)).job
+                if job.callback_state == job_pb2.CALLBACK_STATE_DELIVERED:
+                    break
+                assert loop.time() < deadline, job
+                await asyncio.sleep(0.1)
+    finally:
+        for process in replicas.values():
+            await process.kill()
+        await receiver.stop()

@@ -27,12 +27,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from ..backends.discovery import Resolver, resolve_all
-from ..errors import NotFound
+from ..errors import NotFound, Unavailable
 from ..jobs.job import Job
 from ..observability.metrics import Metrics
 from ..state import CallbackRecord, JobStore
@@ -41,6 +42,25 @@ from . import signing
 from .policy import AllowList, parse_address
 
 log = logging.getLogger(__name__)
+
+SHARED_SWEEP_SECONDS = 2.0
+"""With replicas: how often deliveries left by a replica that died are looked for."""
+
+
+class SharedDeliveries(Protocol):
+    """Deliveries in a store several replicas share
+    (:class:`~comfyui_grpc.cluster.shared_state.SharedState`): each is sent
+    by the replica that holds it; one left by a replica that died is taken
+    over by another."""
+
+    async def callback_due(self, job_id: str, now: float) -> CallbackRecord | None:
+        """Make the job's waiting delivery due and this replica's (None: not waiting)."""
+        ...
+
+    async def claim_callbacks(self, now: float) -> list[CallbackRecord]:
+        """Due deliveries no live replica holds (and this one's own), now this one's."""
+        ...
+
 
 BodyOf = Callable[[str, int, str], Awaitable[bytes]]
 """(job id, attempt number, last error) -> the JSON body; raises NotFound for an unknown job."""
@@ -122,6 +142,8 @@ class Deliverer:
         self._tasks = TaskSet("callbacks")
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()
+        self.shared: SharedDeliveries | None = None
+        """Set when replicas share the store: deliveries go by who holds them."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -131,7 +153,7 @@ class Deliverer:
         Runs after the job service started, so jobs from before a restart are
         in the registry: a waiting record whose job already ended becomes due.
         """
-        for record in await self.job_store.open_callbacks():
+        for record in await self._open_records():
             if record.job_id in self._open:
                 continue  # its job ended while the service started
             if record.state == "waiting":
@@ -151,6 +173,33 @@ class Deliverer:
             self._run, "callback deliveries", on_crash=self.metrics.task_crashed,
             on_give_up=self.on_give_up,
         )  # fmt: skip
+        if self.shared is not None:
+            self._tasks.spawn_supervised(
+                self._sweep_forever, "callbacks left by other replicas",
+                on_crash=self.metrics.task_crashed, on_give_up=self.on_give_up,
+            )  # fmt: skip
+
+    async def _open_records(self) -> list[CallbackRecord]:
+        if self.shared is None:
+            return await self.job_store.open_callbacks()
+        # Only the ones this replica may send; the others are their holders'.
+        return await self.shared.claim_callbacks(self.clock())
+
+    async def _sweep_forever(self) -> None:
+        assert self.shared is not None
+        while True:
+            await asyncio.sleep(SHARED_SWEEP_SECONDS)
+            try:
+                records = await self.shared.claim_callbacks(self.clock())
+            except Unavailable as exc:
+                log.warning("could not look for callbacks left by other replicas: %s",
+                            exc.message)  # fmt: skip
+                continue
+            for record in records:
+                if record.job_id not in self._open and record.job_id not in self._sending:
+                    log.info("callback taken over from a replica that stopped",
+                             extra={"job_id": record.job_id})  # fmt: skip
+                    self._remember(record)
 
     async def close(self) -> None:
         await self._tasks.close()
@@ -180,12 +229,18 @@ class Deliverer:
                 updated=self.clock(),
             )
         )
+        if self.shared is not None:
+            return  # the replica that holds the job when it ends sends it
         if job.job_id not in self._open and record.state == "waiting":
             self._open[job.job_id] = record
 
     def job_ended(self, job: Job) -> None:
         """The job reached a terminal state: its callback is due now."""
         if not job.spec.callback_url:
+            return
+        if self.shared is not None:
+            if not self._tasks.closed:
+                self._tasks.spawn(self._due_shared(job.job_id), f"callback due {job.job_id}")
             return
         now = self.clock()
         record = self._open.get(job.job_id) or CallbackRecord(
@@ -196,6 +251,18 @@ class Deliverer:
         record = replace(record, state="pending", due_time=now, next_attempt_time=now, updated=now)
         self._remember(record)
         self._tasks.spawn(self._save(record), f"callback record {job.job_id}")
+
+    async def _due_shared(self, job_id: str) -> None:
+        assert self.shared is not None
+        try:
+            record = await self.shared.callback_due(job_id, self.clock())
+        except Unavailable as exc:
+            # Still waiting in the store: the sweep of some replica makes it due.
+            log.warning("could not make the callback due: %s", exc.message,
+                        extra={"job_id": job_id})  # fmt: skip
+            return
+        if record is not None:
+            self._remember(record)
 
     async def refresh(self, job: Job) -> None:
         """Copy the delivery's state onto ``job`` (one read from the store, e.g. after

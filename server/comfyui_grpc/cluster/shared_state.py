@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..backends.inventory import Needs
@@ -29,12 +29,17 @@ from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to
 from ..scheduler.shared_line import Choice, WaitingRow, next_tags
 from ..state.errors import RequestIdTaken
 from ..state.postgres import PostgresJobStore
+from ..state.store import CallbackRecord
 
 QUEUE_CHANNEL = "comfyui_grpc_queue"
 """NOTIFY channel: a job joined the shared line."""
 CANCEL_CHANNEL = "comfyui_grpc_cancel"
 """NOTIFY channel: cancel asked for a job another replica holds (payload: job id)."""
 TERMINAL = ["succeeded", "failed", "cancelled"]
+CALLBACK_COLUMNS = (
+    "c.job_id, c.delivery_id, c.url, c.state, c.attempts, c.last_error, c.due_time, "
+    "c.next_attempt_time, c.updated"
+)
 
 
 def needs_to_json(needs: Needs) -> str:
@@ -344,6 +349,36 @@ class SharedState:
             )
             return {r[0]: r[1] for r in await cursor.fetchall()}
 
+    # -- completion callbacks ------------------------------------------------------------
+
+    async def callback_due(self, job_id: str, now: float) -> CallbackRecord | None:
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE callbacks c SET state = 'pending', due_time = %s, next_attempt_time = %s, "
+                "updated = %s, holder = %s WHERE c.job_id = %s AND c.state = 'waiting' "
+                f"RETURNING {CALLBACK_COLUMNS}",
+                (now, now, now, self.replica_id, job_id),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else _callback(row)
+
+    async def claim_callbacks(self, now: float) -> list[CallbackRecord]:
+        async with self.store.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "UPDATE callbacks c SET holder = %(me)s, state = 'pending', "
+                "due_time = CASE WHEN c.state = 'waiting' THEN %(now)s ELSE c.due_time END, "
+                "next_attempt_time = CASE WHEN c.state = 'waiting' THEN %(now)s "
+                "ELSE c.next_attempt_time END "
+                "WHERE c.job_id IN (SELECT o.job_id FROM callbacks o JOIN jobs j "
+                "ON j.job_id = o.job_id WHERE (o.state = 'pending' OR (o.state = 'waiting' "
+                "AND j.state = ANY(%(ended)s))) AND (o.holder = %(me)s OR o.holder NOT IN "
+                "(SELECT replica_id FROM replicas WHERE heartbeat > now() - "
+                "make_interval(secs => %(ttl)s))) FOR UPDATE OF o SKIP LOCKED) "
+                f"RETURNING {CALLBACK_COLUMNS}",
+                {"me": self.replica_id, "now": now, "ended": TERMINAL, "ttl": self.lease_seconds},
+            )
+            return [_callback(row) for row in await cursor.fetchall()]
+
     # -- internals -------------------------------------------------------------------
 
     async def _load(self, conn: Any, ids: list[str], *, gap: bool) -> list[Job]:
@@ -369,3 +404,8 @@ class SharedState:
             job.cancel_requested = job.cancel_requested or bool(cancel)
             jobs.append(job)
         return jobs
+
+
+def _callback(row: Sequence[Any]) -> CallbackRecord:
+    names = [f.name for f in fields(CallbackRecord)]
+    return CallbackRecord(**dict(zip(names, row, strict=True)))
