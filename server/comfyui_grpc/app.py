@@ -47,6 +47,9 @@ from .workflows.template_library import TemplateLibrary
 
 log = logging.getLogger(__name__)
 
+REPLICA_SETTLE_SECONDS = 10.0
+"""At stop, how long a replica lets submissions and uploads under way finish
+before it hands its backends over."""
 REPLICA_FLUSH_SECONDS = 0.02
 """Job store write interval when replicas share the store (streams follow writes)."""
 
@@ -391,7 +394,10 @@ class Gateway:
         await self._tasks.close()
         await self.health.enter_graceful_shutdown()
         self.gate.close()
-        await self.gate.wait_idle(grace)
+        if self.service.replica is not None:
+            # Other replicas take the backends over now, not when the streams end.
+            await self.service.replica.stop(settle_seconds=min(grace, REPLICA_SETTLE_SECONDS))
+        await self.gate.wait_idle(max(0.0, deadline - loop.time()))
         await self.service.tasks.wait(max(0.0, deadline - loop.time()))
         if self.server is not None:
             await self.server.stop(max(0.0, min(1.0, deadline - loop.time())))

@@ -73,7 +73,7 @@ class Replica:
         self._valid_until = 0.0
         self._pull = asyncio.Event()
         self._tasks = TaskSet("replica")
-        self._handing_back: set[str] = set()
+        self._stopped = False
         self.notifications = Notifications(
             lambda: store.url,
             {
@@ -101,23 +101,19 @@ class Replica:
         jobs = self.service.let_go(job_ids)
         for job in jobs:
             self.mirrors.add(job)
-        self._handing_back.update(job_ids)
         self._tasks.spawn(self._give_back([j.job_id for j in jobs]), "give jobs back")
 
     async def _give_back(self, job_ids: list[str]) -> None:
-        try:
-            for attempt in range(50):
-                try:
-                    await self.store.flush()
-                    await self.shared.give_back(job_ids)
-                    return
-                except JobStoreUnavailable as exc:
-                    # Held by a replica that is alive: only this one can give them back.
-                    log.warning("could not put %d jobs back in the shared line: %s",
-                                len(job_ids), exc.message)  # fmt: skip
-                    await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
-        finally:
-            self._handing_back.difference_update(job_ids)
+        for attempt in range(50):
+            try:
+                await self.store.flush()
+                await self.shared.give_back(job_ids)
+                return
+            except JobStoreUnavailable as exc:
+                # Held by a replica that is alive: only this one can give them back.
+                log.warning("could not put %d jobs back in the shared line: %s",
+                            len(job_ids), exc.message)  # fmt: skip
+                await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
 
     # -- start and stop ------------------------------------------------------------
 
@@ -134,9 +130,21 @@ class Replica:
             ", ".join(sorted(self.owned)) or "no backend yet",
         )
 
-    async def stop(self) -> None:
-        """Hand every backend and waiting job over to the other replicas now."""
+    async def stop(self, settle_seconds: float = 0.0) -> None:
+        """Hand every backend and waiting job over to the other replicas now.
+
+        Nothing new is handed to ComfyUI from the start; what is under way
+        (submissions, outputs being stored) gets up to ``settle_seconds`` to
+        finish first. Streams served here go on following their jobs from the
+        store. Safe to call twice.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._valid_until = 0.0  # drives() is false from now on: no new submission
         await self._tasks.close()
+        if settle_seconds > 0:
+            await self.service.tasks.wait(settle_seconds)
         core = self.service.core
         waiting = core.give_back()
         urls = sorted(self.owned)
@@ -170,7 +178,7 @@ class Replica:
     async def _tick(self) -> None:
         began = time.monotonic()
         urls = [b.url for b in self.pool]
-        view = await self.shared.renew(urls)
+        view = await self.shared.renew(sorted(self.owned))
         for url in sorted(self.owned - view.held):
             log.warning(
                 "another replica took ComfyUI at %s over (this one missed renewing its lease)",

@@ -280,7 +280,7 @@ class SharedState:
             await self._beat(conn)
             cursor = await conn.execute(
                 "UPDATE backend_leases SET expires = now() + make_interval(secs => %s) "
-                "WHERE owner = %s AND backend = ANY(%s) AND expires > now() RETURNING backend",
+                "WHERE owner = %s AND backend = ANY(%s) RETURNING backend",
                 (ttl, self.replica_id, list(backends)),
             )
             held = frozenset(r[0] for r in await cursor.fetchall())
@@ -331,7 +331,7 @@ class SharedState:
             return
         async with self.store.connection() as conn:
             await conn.execute(
-                "UPDATE backend_leases SET expires = now() - interval '1 second' "
+                "UPDATE backend_leases SET owner = '', expires = now() - interval '1 second' "
                 "WHERE owner = %s AND backend = ANY(%s)",
                 (self.replica_id, list(backends)),
             )
