@@ -1,0 +1,124 @@
+"""What replicas share in PostgreSQL, against a real server: backend leases,
+the shared line's claims, and the fence on writes of jobs held elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from comfyui_grpc.backends.inventory import needs_of
+from comfyui_grpc.cluster.shared_state import SharedState
+from comfyui_grpc.jobs.job import Job, JobSpec
+from comfyui_grpc.jobs.model import JobKind
+from comfyui_grpc.scheduler.shared_line import choose
+from comfyui_grpc.state.errors import JobMovedAway
+from comfyui_grpc.state.postgres import PostgresJobStore
+
+LEASE = 1.0
+GRAPH = {"1": {"class_type": "KSampler", "inputs": {"seed": 1}}}
+
+
+def job(n: int, caller: str = "c") -> Job:
+    spec = JobSpec(
+        kind=JobKind.WORKFLOW,
+        workflow=GRAPH,
+        workflow_sha256="0" * 64,
+        request_id="",
+        labels={},
+        front=False,
+        retry_on_backend_loss=False,
+        caller=caller,
+        fingerprint=f"f{n}",
+        source_field="workflow",
+        field_map={},
+    )
+    return Job(f"00000000-0000-0000-0000-{n:012d}", spec)
+
+
+@pytest.fixture
+async def replicas(postgres_url: str) -> AsyncIterator[list[SharedState]]:
+    stores = [PostgresJobStore(postgres_url) for _ in range(2)]
+    shared = []
+    for n, store in enumerate(stores, start=1):
+        await store.open()
+        store.holder = f"replica-{n}"
+        shared.append(SharedState(store, store.holder, LEASE))
+        await shared[-1].start()
+    try:
+        yield shared
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_one_owner_per_backend_until_its_lease_lapses_or_is_released(
+    replicas: list[SharedState],
+) -> None:
+    one, two = replicas
+    assert await one.acquire("http://a") == []
+    assert await two.acquire("http://a") is None
+    assert (await one.renew(["http://a"])).held == {"http://a"}
+    await one.release(["http://a"])
+    assert (await one.renew(["http://a"])).held == frozenset()
+    assert await two.acquire("http://a") == []
+    # Not renewed: it lapses and the other replica takes it over.
+    await asyncio.sleep(LEASE + 0.1)
+    assert await one.acquire("http://a") == []
+    assert (await two.renew(["http://a"])).held == frozenset()
+    assert await one.owners() == {"http://a": "replica-1"}
+
+
+async def test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_holder(
+    replicas: list[SharedState],
+) -> None:
+    one, two = replicas
+    await one.acquire("http://a")
+    j = job(1)
+    await one.enqueue(j, needs_of(GRAPH))
+    _, [held] = await one.claim(lambda rows: choose(rows, lambda _: True, 1))
+    one.store.track(held)
+    held.backend = "http://a"
+    await one.store.save_now(held)
+    await asyncio.sleep(LEASE + 0.1)
+    taken = await two.acquire("http://a")
+    assert taken is not None
+    assert [t.job_id for t in taken] == [j.job_id]
+    # The old holder may no longer write the job, nor hand it to ComfyUI.
+    held.attempts += 1
+    with pytest.raises(JobMovedAway):
+        await one.store.save_now(held)
+
+
+async def test_concurrent_claims_never_hand_a_job_to_two_replicas(
+    replicas: list[SharedState],
+) -> None:
+    one, two = replicas
+    for n in range(60):
+        await one.enqueue(job(n, caller=f"c{n % 3}"), needs_of(GRAPH))
+
+    async def drain(shared: SharedState) -> list[str]:
+        got: list[str] = []
+        while True:
+            _, jobs = await shared.claim(lambda rows: choose(rows, lambda _: True, 3))
+            if not jobs:
+                return got
+            got += [j.job_id for j in jobs]
+
+    first, second = await asyncio.gather(drain(one), drain(two))
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 60
+    assert await one.waiting() == 0
+
+
+async def test_a_job_in_the_line_is_cancelled_once_and_never_claimed(
+    replicas: list[SharedState],
+) -> None:
+    one, two = replicas
+    j = job(7)
+    await one.enqueue(j, needs_of(GRAPH))
+    taken = await two.take_to_cancel(j.job_id)
+    assert taken is not None
+    assert await one.take_to_cancel(j.job_id) is None
+    _, claimed = await one.claim(lambda rows: choose(rows, lambda _: True, 5))
+    assert claimed == []
