@@ -171,6 +171,12 @@ async def test_any_replica_answers_for_any_job(
             for stub in (on_first, on_second):
                 data = await read_artifact(stub, jobs[0], artifact.key)
                 assert hashlib.sha256(data).hexdigest() == artifact.sha256
+            # Either replica lists every job, whichever replica ran it.
+            for stub in (on_first, on_second):
+                listed = await stub.ListJobs(
+                    pb.ListJobsRequest(states=[job_pb2.JOB_STATE_SUCCEEDED]), timeout=10
+                )
+                assert set(jobs) <= {j.job_id for j in listed.jobs}
             # A request_id repeated on the other replica is the same job.
             again = await on_second.Generate(
                 workflow_request(slow_workflow(6, 0.02, prefix="r0"), request_id="job-0"),

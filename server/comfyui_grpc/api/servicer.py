@@ -294,7 +294,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 "states holds an unknown JobState", [FieldViolation("states", "unknown JobState")]
             )
         offset = _page_offset(request.page_token)
-        jobs = sorted(self.service.registry.in_states(states), key=_list_key)
+        jobs = sorted(await self.service.listed(states), key=_list_key)
         page = jobs[offset : offset + size]
         token = _page_token(offset + size) if offset + size < len(jobs) else ""
         return pb.ListJobsResponse(jobs=[convert.job(j) for j in page], next_page_token=token)

@@ -251,6 +251,21 @@ class SharedState:
             for job_id, text in records.items()
         }
 
+    async def listed(self, states: list[str], max_finished: int) -> list[Job]:
+        """Jobs in ``states`` (all when empty): every open one, and the
+        ``max_finished`` that ended last (records only, no events)."""
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "(SELECT job_id, record FROM jobs WHERE NOT (state = ANY(%(ended)s)) "
+                "AND (cardinality(%(states)s::text[]) = 0 OR state = ANY(%(states)s))) "
+                "UNION ALL (SELECT job_id, record FROM jobs WHERE state = ANY(%(ended)s) "
+                "AND (cardinality(%(states)s::text[]) = 0 OR state = ANY(%(states)s)) "
+                "ORDER BY updated DESC LIMIT %(limit)s)",
+                {"ended": TERMINAL, "states": states, "limit": max_finished},
+            )
+            rows = await cursor.fetchall()
+        return [job_from_json(job_id, record, [], sequence_gap=False) for job_id, record in rows]
+
     # -- replicas and backend leases -------------------------------------------------
 
     async def start(self) -> None:

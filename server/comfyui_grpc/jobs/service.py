@@ -375,6 +375,14 @@ class JobService:
             raise NotFound(f"no job with id {job_id}", reason="JOB_NOT_FOUND")
         return loaded
 
+    async def listed(self, states: Iterable[JobState]) -> list[Job]:
+        """The jobs ListJobs shows: with replicas, every replica's (from the store)."""
+        if self.replica is None:
+            return self.registry.in_states(states)
+        return await self.replica.shared.listed(
+            [s.value for s in states], self.settings.max_finished_jobs
+        )
+
     async def read_artifact(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         try:
             async for chunk in self.store.read_chunks(key, chunk_size):
