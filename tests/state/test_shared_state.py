@@ -4,6 +4,7 @@ the shared line's claims, and the fence on writes of jobs held elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -122,3 +123,18 @@ async def test_a_job_in_the_line_is_cancelled_once_and_never_claimed(
     assert await one.take_to_cancel(j.job_id) is None
     _, claimed = await one.claim(lambda rows: choose(rows, lambda _: True, 5))
     assert claimed == []
+
+
+async def test_a_high_job_behind_many_takes_its_callers_next_turn(
+    replicas: list[SharedState],
+) -> None:
+    one, _ = replicas
+    for n in range(100):
+        await one.enqueue(job(n, caller="bulk"), needs_of(GRAPH))
+    await one.enqueue(job(500, caller="other"), needs_of(GRAPH))
+    urgent = job(900, caller="bulk")
+    urgent.spec = dataclasses.replace(urgent.spec, front=True)
+    await one.enqueue(urgent, needs_of(GRAPH))
+    _, claimed = await one.claim(lambda rows: choose(rows, lambda _: True, 2), window=8)
+    # bulk's next turn goes to its high job; other keeps its own turn.
+    assert [j.job_id for j in claimed] == [urgent.job_id, job(500).job_id]

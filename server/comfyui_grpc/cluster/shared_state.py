@@ -137,9 +137,17 @@ class SharedState:
                 "ORDER BY fair_tag, seq LIMIT %s FOR UPDATE SKIP LOCKED",
                 (window,),
             )
+            found = await cursor.fetchall()
+            # High-priority jobs take their caller's turn wherever they wait.
+            cursor = await conn.execute(
+                "SELECT job_id, caller, fair_tag, high, seq, needs FROM jobs WHERE waiting "
+                "AND high ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (window,),
+            )
+            found += [r for r in await cursor.fetchall() if r[0] not in {f[0] for f in found}]
             rows = [
                 WaitingRow(r[0], r[1], float(r[2]), bool(r[3]), int(r[4]), needs_from_json(r[5]))
-                for r in await cursor.fetchall()
+                for r in found
             ]
             choice: Choice = choose(rows)
             if not choice.picks:
