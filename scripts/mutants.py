@@ -37,6 +37,9 @@ GUARANTEES = "tests/e2e/test_guarantees.py"
 CORE = "tests/unit/test_scheduler_core.py"
 FLEET = "tests/e2e/test_fleet.py"
 STORAGE = "tests/storage/test_s3_integrity.py"
+SHARED = "tests/state/test_shared_state.py"
+SHARED_LINE = "tests/unit/test_shared_line.py"
+REPLICAS = "tests/e2e/test_replicas.py"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,42 @@ MUTANTS: tuple[Mutant, ...] = (
         "            slot.unheard.add(slot.running)\n",
         "            self._release(self.tickets[slot.running])\n",
         (f"{CORE}::test_a_job_whose_end_went_unheard_stays_to_be_reconciled",),
+    ),
+    # -- several replicas on one PostgreSQL ---------------------------------------------
+    Mutant(
+        "claim-without-row-locks",
+        f"{SERVER}/cluster/shared_state.py",
+        '"ORDER BY fair_tag, seq LIMIT %s FOR UPDATE SKIP LOCKED",',
+        '"ORDER BY fair_tag, seq LIMIT %s",',
+        (f"{SHARED}::test_concurrent_claims_never_hand_a_job_to_two_replicas",),
+    ),
+    Mutant(
+        "writes-not-fenced-on-holder",
+        f"{SERVER}/state/postgres.py",
+        '"WHERE job_id = %s AND holder = %s RETURNING job_id",',
+        '"WHERE job_id = %s AND (holder = %s OR true) RETURNING job_id",',
+        (f"{SHARED}::test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_holder",),
+    ),
+    Mutant(
+        "released-lease-keeps-its-owner",
+        f"{SERVER}/cluster/shared_state.py",
+        "\"UPDATE backend_leases SET owner = '', expires = now() - interval '1 second' \"",
+        "\"UPDATE backend_leases SET expires = now() - interval '1 second' \"",
+        (f"{SHARED}::test_one_owner_per_backend_until_its_lease_lapses_or_is_released",),
+    ),
+    Mutant(
+        "high-job-steals-another-callers-turn",
+        f"{SERVER}/scheduler/shared_line.py",
+        "        mine = [r for r in left if r.caller == turn.caller and runnable(r.needs)]\n",
+        "        mine = [r for r in left if runnable(r.needs)]\n",
+        (f"{SHARED_LINE}::test_a_high_job_takes_its_callers_turn_not_anothers",),
+    ),
+    Mutant(
+        "callbacks-of-dead-replicas-left",
+        f"{SERVER}/callbacks/delivery.py",
+        "            await asyncio.sleep(SHARED_SWEEP_SECONDS)\n",
+        "            await asyncio.sleep(SHARED_SWEEP_SECONDS)\n            continue\n",
+        (f"{REPLICAS}::test_a_pending_callback_survives_the_replica_that_held_it",),
     ),
 )
 

@@ -92,12 +92,14 @@ def test_a_high_job_takes_its_callers_turn_not_anothers() -> None:
     for n in range(3):
         line.enqueue(f"a-{n}", "a")
         line.enqueue(f"b-{n}", "b")
+    line.enqueue("b-urgent", "b", high=True)
     line.enqueue("a-urgent", "a", high=True)
-    taken = [line.claim()[0] for _ in range(7)]
-    assert taken[0] == "a-urgent"
-    assert [caller_of(j) for j in taken[:6]] == ["a", "b", "a", "b", "a", "b"]
-    assert sorted(taken) == sorted([*(f"a-{n}" for n in range(3)), "a-urgent",
-                                    *(f"b-{n}" for n in range(3))])  # fmt: skip
+    taken = [line.claim()[0] for _ in range(8)]
+    assert taken[:2] == ["a-urgent", "b-urgent"]
+    assert [caller_of(j) for j in taken] == ["a", "b"] * 4
+    assert sorted(taken) == sorted(
+        [*(f"{c}-{n}" for c in "ab" for n in range(3)), "a-urgent", "b-urgent"]
+    )
 
 
 def test_only_what_the_free_backends_can_run_is_taken() -> None:
