@@ -37,7 +37,7 @@ from ..state.postgres import EVENTS_CHANNEL, PostgresJobStore
 from ..tasks import TaskSet, within
 from .mirrors import Mirrors
 from .notifications import Notifications
-from .shared_state import CANCEL_CHANNEL, QUEUE_CHANNEL, SharedState
+from .shared_state import CANCEL_CHANNEL, LEASES_CHANNEL, QUEUE_CHANNEL, SharedState
 
 if TYPE_CHECKING:
     from ..jobs.service import JobService
@@ -73,13 +73,16 @@ class Replica:
         self._valid_until = 0.0
         self._pull = asyncio.Event()
         self._tasks = TaskSet("replica")
+        self._followers = TaskSet("replica notifications")
         self._stopped = False
+        self._lease_wake = asyncio.Event()
         self.notifications = Notifications(
             lambda: store.url,
             {
                 QUEUE_CHANNEL: lambda _: self._pull.set(),
                 EVENTS_CHANNEL: self.mirrors.changed,
                 CANCEL_CHANNEL: self._cancel_asked,
+                LEASES_CHANNEL: lambda _: self._lease_wake.set(),
             },
             on_connect=self._reconnected,
             scrub=store.scrub,
@@ -122,8 +125,9 @@ class Replica:
         await self._tick()
         self._tasks.spawn_supervised(self._lease_forever, "backend leases")
         self._tasks.spawn_supervised(self._pull_forever, "shared line")
-        self._tasks.spawn_supervised(self.notifications.run, "replica notifications")
-        self._tasks.spawn_supervised(self.mirrors.run, "jobs held elsewhere")
+        # Followers run until close: streams here go on after the backends are handed over.
+        self._followers.spawn_supervised(self.notifications.run, "replica notifications")
+        self._followers.spawn_supervised(self.mirrors.run, "jobs held elsewhere")
         log.info(
             "replica %s of a shared job store: drives %s",
             self.replica_id,
@@ -165,11 +169,18 @@ class Replica:
         if urls:
             log.info("handed over %s and %d jobs", ", ".join(urls), len(held) + len(waiting))
 
+    async def close(self) -> None:
+        """Stop following jobs held elsewhere (after :meth:`stop`)."""
+        await self.stop()
+        await self._followers.close()
+
     # -- leases --------------------------------------------------------------------
 
     async def _lease_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+            # Early when a replica hands backends over or leaves.
+            await within(self._lease_wake.wait(), self.lease_seconds / 3)
+            self._lease_wake.clear()
             try:
                 await self._tick()
             except JobStoreUnavailable as exc:

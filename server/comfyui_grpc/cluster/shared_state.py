@@ -33,6 +33,8 @@ from ..state.store import CallbackRecord
 
 QUEUE_CHANNEL = "comfyui_grpc_queue"
 """NOTIFY channel: a job joined the shared line."""
+LEASES_CHANNEL = "comfyui_grpc_leases"
+"""NOTIFY channel: a replica handed backends over or left (renew and rebalance now)."""
 CANCEL_CHANNEL = "comfyui_grpc_cancel"
 """NOTIFY channel: cancel asked for a job another replica holds (payload: job id)."""
 TERMINAL = ["succeeded", "failed", "cancelled"]
@@ -307,6 +309,7 @@ class SharedState:
                 (ttl, self.replica_id, list(backends)),
             )
             held = frozenset(r[0] for r in await cursor.fetchall())
+            await conn.execute("DELETE FROM replicas WHERE heartbeat < now() - interval '1 day'")
             cursor = await conn.execute(
                 "SELECT count(*) FROM replicas WHERE heartbeat > now() - make_interval(secs => %s)",
                 (ttl,),
@@ -352,17 +355,19 @@ class SharedState:
         replica takes the backends over without waiting for them to lapse."""
         if not backends:
             return
-        async with self.store.connection() as conn:
+        async with self.store.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE backend_leases SET owner = '', expires = now() - interval '1 second' "
                 "WHERE owner = %s AND backend = ANY(%s)",
                 (self.replica_id, list(backends)),
             )
+            await conn.execute("SELECT pg_notify(%s, '')", (LEASES_CHANNEL,))
 
     async def leave(self) -> None:
         """This replica stops: others stop counting it."""
-        async with self.store.connection() as conn:
+        async with self.store.connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
+            await conn.execute("SELECT pg_notify(%s, '')", (LEASES_CHANNEL,))
 
     async def owners(self) -> dict[str, str]:
         """Backend -> owning replica, for live leases."""
