@@ -22,8 +22,9 @@ from .shared_state import SharedState
 
 log = logging.getLogger(__name__)
 
-IDLE_DROP_SECONDS = 60.0
-"""An open mirror nobody has asked for or streamed in this long is dropped."""
+IDLE_DROP_SECONDS = 3600.0
+"""An open mirror nobody has asked for or streamed in this long is dropped
+(longer than any GetResult wait)."""
 
 
 class Mirrors:

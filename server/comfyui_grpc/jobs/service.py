@@ -206,7 +206,7 @@ class JobService:
         await self.tracker.background.close()
         await self.tasks.close()
         if self.replica is not None:
-            await self.replica.stop()
+            await self.replica.close()
         await self.job_store.close()
 
     # -- submission --------------------------------------------------------------
