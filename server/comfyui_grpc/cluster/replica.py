@@ -189,6 +189,10 @@ class Replica:
     async def _tick(self) -> None:
         began = time.monotonic()
         urls = [b.url for b in self.pool]
+        gone = sorted(self.owned - set(urls))  # left DNS: its jobs were moved already
+        for url in gone:
+            self._disown(url)
+        await self.shared.release(gone)
         view = await self.shared.renew(sorted(self.owned))
         for url in sorted(self.owned - view.held):
             log.warning(
