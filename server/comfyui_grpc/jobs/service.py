@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..backends import BackendPool
 from ..backends.inventory import Needs, needs_of
@@ -40,7 +40,22 @@ from .tracker import JobTracker
 from .validation_errors import violations_from_comfyui
 
 if TYPE_CHECKING:
-    from ..cluster.replica import Replica
+    from ..cluster.mirrors import Mirrors
+    from ..cluster.shared_state import SharedState
+    from ..scheduler.executor import SharedFleet
+
+    class Replica(SharedFleet, Protocol):
+        """What the service needs of :class:`~comfyui_grpc.cluster.replica.Replica`."""
+
+        shared: SharedState
+        mirrors: Mirrors
+
+        async def start(self) -> None: ...
+
+        async def stop(self, settle_seconds: float = 0.0) -> None: ...
+
+        async def close(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
