@@ -168,7 +168,7 @@ class Gateway:
                 (b.url, b.healthy, len(self.service.core.jobs_on(b.url)), b.socket.reconnects)
                 for b in self.pool
             ),
-            self.service.core.waiting_by_caller,
+            self._waiting_by_caller,
         )
         self.gate = DrainGate((health.SERVICE_NAME, reflection.SERVICE_NAME))
         self.metrics_server: MetricsServer | None = None
@@ -203,6 +203,13 @@ class Gateway:
                 lease_seconds=settings.lease_seconds,
             )
         )
+
+    def _waiting_by_caller(self) -> dict[str, int]:
+        """Waiting jobs by caller: the gateway's line, or with replicas the shared one."""
+        replica = self.service.replica
+        if isinstance(replica, Replica):
+            return replica.waiting_by_caller
+        return self.service.core.waiting_by_caller()
 
     def _options(self) -> list[tuple[str, Any]]:
         return [

@@ -75,6 +75,8 @@ class Replica:
         self._tasks = TaskSet("replica")
         self._followers = TaskSet("replica notifications")
         self._stopped = False
+        self.waiting_by_caller: dict[str, int] = {}
+        """The shared line's jobs by caller, as of the last lease renewal (for metrics)."""
         self._lease_wake = asyncio.Event()
         self.notifications = Notifications(
             lambda: store.url,
@@ -201,6 +203,7 @@ class Replica:
             )
             self._disown(url)
         self._valid_until = began + self.lease_seconds * VALID_FRACTION
+        self.waiting_by_caller = await self.shared.waiting_by_caller()
         share = math.ceil(len(urls) / view.live_replicas) if urls else 0
         mine = len(self.owned - self.draining)
         if mine < share:

@@ -192,6 +192,13 @@ class SharedState:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def waiting_by_caller(self) -> dict[str, int]:
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT caller, count(*) FROM jobs WHERE waiting GROUP BY caller"
+            )
+            return {r[0]: int(r[1]) for r in await cursor.fetchall()}
+
     # -- cancel --------------------------------------------------------------------
 
     async def take_to_cancel(self, job_id: str) -> Job | None:

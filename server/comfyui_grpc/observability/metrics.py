@@ -71,7 +71,7 @@ class _StateCollector(Collector):
         yield reconnects
         waiting = GaugeMetricFamily(
             f"{NAMESPACE}_caller_waiting_jobs",
-            "Jobs waiting in the gateway's line, by caller.",
+            "Jobs waiting in the gateway's line (with replicas: the shared line), by caller.",
             labels=["caller"],
         )
         by_label: dict[str, int] = {}
