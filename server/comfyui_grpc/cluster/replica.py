@@ -75,6 +75,8 @@ class Replica:
         self._tasks = TaskSet("replica")
         self._followers = TaskSet("replica notifications")
         self._stopped = False
+        self._returning: set[str] = set()
+        """Jobs let go to the shared line and not yet recorded there."""
         self.waiting_by_caller: dict[str, int] = {}
         """The shared line's jobs by caller, as of the last lease renewal (for metrics)."""
         self._lease_wake = asyncio.Event()
@@ -106,16 +108,21 @@ class Replica:
         jobs = self.service.let_go(job_ids)
         for job in jobs:
             self.mirrors.add(job)
-        self._tasks.spawn(self._give_back([j.job_id for j in jobs]), "give jobs back")
+        ids = [j.job_id for j in jobs]
+        self._returning.update(ids)
+        if not self._stopped:  # else stop() gives them back with the rest
+            self._tasks.spawn(self._give_back(ids), "give jobs back")
 
     async def _give_back(self, job_ids: list[str]) -> None:
         for attempt in range(50):
             try:
                 await self.store.flush()
                 await self.shared.give_back(job_ids)
+                self._returning.difference_update(job_ids)
                 return
             except JobStoreUnavailable as exc:
-                # Held by a replica that is alive: only this one can give them back.
+                # Held by a replica that is alive: only this one can give them back
+                # (or, once it is gone, the replica that finds them orphaned).
                 log.warning("could not put %d jobs back in the shared line: %s",
                             len(job_ids), exc.message)  # fmt: skip
                 await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
@@ -152,12 +159,14 @@ class Replica:
         if settle_seconds > 0:
             await self.service.tasks.wait(settle_seconds)
         core = self.service.core
-        waiting = core.give_back()
+        self.give_back(core.give_back())
+        waiting = sorted(self._returning)
         urls = sorted(self.owned)
         held: list[str] = []
         for url in urls:
             held += core.disown(url)
-        self.service.let_go([*waiting, *held])
+        for job in self.service.let_go(held):
+            self.mirrors.add(job)  # streams served here follow them from the store
         self.owned.clear()
         try:
             await self.store.flush()
@@ -294,8 +303,8 @@ class Replica:
         self.mirrors.all_changed()
         self._pull.set()
         held = [j.job_id for j in self.service.registry.open_jobs()]
-        if held:
-            self._tasks.spawn(self._missed_cancels(held), "cancels asked meanwhile")
+        if held and not self._followers.closed:
+            self._followers.spawn(self._missed_cancels(held), "cancels asked meanwhile")
 
     async def _missed_cancels(self, job_ids: list[str]) -> None:
         for job_id in await self.shared.cancel_requested(job_ids):
