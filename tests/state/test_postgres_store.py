@@ -250,3 +250,40 @@ async def test_writes_made_while_the_database_is_down_land_when_it_is_back(
         if store is not None:
             await store.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_flushes_land_in_order_a_later_record_is_never_overwritten(
+    postgres_url: str,
+) -> None:
+    """The flusher and a save_now (or a replica's hand-over) flush at once: the
+    batch taken later must not be overwritten by the one taken first."""
+    store = PostgresJobStore(postgres_url, flush_interval_seconds=3600)
+    await store.open()
+    try:
+        job = _job(FIRST)
+        store.track(job)
+        await store.save_now(job)
+        real_write = store._write
+        first_started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_first(jobs: list[Job], events: list) -> set[str]:  # type: ignore[type-arg]
+            if not first_started.is_set():
+                first_started.set()
+                await release.wait()  # the first batch is slow to commit
+            return await real_write(jobs, events)
+
+        store._write = slow_first  # type: ignore[method-assign]
+        job.queued(3, "")
+        first = asyncio.create_task(store.flush())
+        await first_started.wait()
+        job.started()
+        second = asyncio.create_task(store.flush())
+        # Unordered, the second batch would commit now, before the first.
+        done, _ = await asyncio.wait({second}, timeout=0.5)
+        assert not done
+        release.set()
+        await asyncio.gather(first, second)
+        rows = await _rows(postgres_url, f"SELECT state FROM jobs WHERE job_id = '{FIRST}'")
+        assert rows == [(JobState.RUNNING.value,)]
+    finally:
+        await store.close()

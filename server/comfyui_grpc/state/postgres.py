@@ -357,6 +357,10 @@ class PostgresJobStore(WriteBehindStore):
 
         A batch that fails is put back, under anything newer, for the next try.
         """
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> set[str]:
         if self._pool is None or (not self._dirty and not self._events):
             return set()
         jobs, events = self._dirty, self._events

@@ -161,6 +161,9 @@ class WriteBehindStore(JobStore):
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._wakeup = asyncio.Event()
+        # One flush at a time: two batches written at once could commit in
+        # the wrong order, an older record of a job over a newer one.
+        self._flush_lock = asyncio.Lock()
 
     def _on_event(self, job: Job, event: ev.Event) -> None:
         self._events.append(event)
@@ -278,6 +281,10 @@ class SqliteJobStore(WriteBehindStore):
             await asyncio.to_thread(self._close_sync)
 
     async def flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if self._db is None or (not self._dirty and not self._events):
             return
         now = time.time()
