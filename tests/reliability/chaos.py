@@ -6,13 +6,16 @@ Pieces:
   (:class:`Submissions`) and whose history is recorded before every stop
   (a restart loses it, as in real ComfyUI).
 - :class:`GatewayHandle`: the gateway as a process, SIGKILLed and restarted
-  on the same state file; clients get a fresh channel per incarnation.
+  on the same state (file or database, under the same replica id); clients
+  get a fresh channel per incarnation.
+- :class:`GatewayGroup`: several gateway replicas sharing one PostgreSQL;
+  a client turns to the next live one (round robin) after every error.
 - :class:`ChaosMonkey`: the fault schedule (WebSocket drops, HTTP 500s and
   latency on ComfyUI, backend restarts, S3 outage windows, gateway SIGKILL),
   random but reproducible from the seed.
 - :func:`run_job`: a client that submits with a ``request_id`` (retrying
   through outages) and follows ``StreamProgress``, resuming with
-  ``after_sequence`` after every break.
+  ``after_sequence`` after every break, on whichever gateway answers.
 - :func:`verify`: the oracle, comparing every job with what the simulators
   and S3 saw. Its rules are spelled out in its docstring.
 """
@@ -31,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import httpx
@@ -63,6 +66,7 @@ RETRYABLE = frozenset(
 """Codes a client may get while things break (the gateway killed, no backend up)."""
 CLIENT_RETRY_SECONDS = 0.2
 """Client back-off after UNAVAILABLE/RESOURCE_EXHAUSTED from a live gateway."""
+OPEN_STATES = (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_UPLOADING)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +88,13 @@ class ChaosConfig:
     slow_steps: tuple[int, int] = (5, 25)
     seconds_per_step: float = 0.02
     backend_lost_after: float = 1.5
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    """The kinds of fault injected; each at least once."""
+    gateway_down: tuple[float, float] = (0.0, 0.0)
+    """How long a killed gateway replica stays down before it is started again
+    (one gateway alone is restarted at once)."""
+    fail_share: float = 0.1
+    """The share of jobs whose workflow fails in ComfyUI."""
 
 
 # -- the simulated backends ------------------------------------------------------
@@ -218,8 +229,9 @@ class ChaosTimeout(Exception):
 class GatewayHandle:
     """The current gateway process and a channel to it; survives SIGKILL + restart."""
 
-    def __init__(self, make: Callable[[], GatewayProcess]) -> None:
+    def __init__(self, make: Callable[[], GatewayProcess], name: str = "gateway") -> None:
         self._make = make
+        self.name = name
         self.process: GatewayProcess | None = None
         self._channel: grpc.aio.Channel | None = None
         self._old_channels: list[grpc.aio.Channel] = []
@@ -229,6 +241,13 @@ class GatewayHandle:
         self.start_seconds: list[float] = []
         self._up = asyncio.Event()
         self.codes: collections.Counter[str] = collections.Counter()
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -313,6 +332,117 @@ class GatewayHandle:
                 await self.retry_after(exc, incarnation, what)
 
 
+class Gateways(Protocol):
+    """What a client needs: a gateway to call, and what to do after an error."""
+
+    codes: collections.Counter[str]
+
+    async def current(self, deadline: float) -> tuple[Any, pb_grpc.GenerationServiceStub]: ...
+
+    async def retry_after(self, exc: grpc.aio.AioRpcError, token: Any, what: str) -> None: ...
+
+    async def call(
+        self,
+        fn: Callable[[pb_grpc.GenerationServiceStub], Awaitable[T]],
+        *,
+        what: str,
+        deadline: float,
+    ) -> T: ...
+
+
+class GatewayGroup:
+    """Gateway replicas sharing one PostgreSQL, as clients behind a load balancer
+    see them: each call goes to the next live replica (round robin), so a call
+    retried after an error lands on another one."""
+
+    def __init__(self, members: list[GatewayHandle]) -> None:
+        self.members = members
+        self.codes: collections.Counter[str] = collections.Counter()
+        self._turn = itertools.count()
+
+    @property
+    def kills(self) -> int:
+        return sum(m.kills for m in self.members)
+
+    async def start(self) -> None:
+        for member in self.members:
+            await member.start()
+
+    async def close(self) -> None:
+        for member in self.members:
+            await member.close()
+
+    async def current(
+        self, deadline: float
+    ) -> tuple[tuple[GatewayHandle, int], pb_grpc.GenerationServiceStub]:
+        loop = asyncio.get_running_loop()
+        while True:
+            live = [m for m in self.members if m.up]
+            if live:
+                member = live[next(self._turn) % len(live)]
+                assert member.stub is not None
+                return (member, member.incarnation), member.stub
+            waits = [asyncio.ensure_future(m.wait_up()) for m in self.members]
+            try:
+                await asyncio.wait(
+                    waits,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if loop.time() >= deadline:
+                raise ChaosTimeout("no gateway replica came back before the deadline")
+
+    async def retry_after(
+        self, exc: grpc.aio.AioRpcError, token: tuple[GatewayHandle, int], what: str
+    ) -> None:
+        member, incarnation = token
+        self.codes[f"{what} {exc.code().name}"] += 1
+        member.codes[f"{what} {exc.code().name}"] += 1
+        if exc.code() not in RETRYABLE:
+            raise exc
+        if member.up and member.incarnation == incarnation:
+            await asyncio.sleep(CLIENT_RETRY_SECONDS)  # a live replica said: retry shortly
+
+    async def call(
+        self,
+        fn: Callable[[pb_grpc.GenerationServiceStub], Awaitable[T]],
+        *,
+        what: str,
+        deadline: float,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() >= deadline:
+                raise ChaosTimeout(f"{what} did not succeed before the deadline")
+            token, stub = await self.current(deadline)
+            try:
+                return await fn(stub)
+            except grpc.aio.AioRpcError as exc:
+                await self.retry_after(exc, token, what)
+
+
+async def open_jobs(gateway: Gateways, deadline: float) -> list[str]:
+    """``job_id STATE`` of every job ListJobs still shows as queued, running or uploading."""
+    found: list[str] = []
+    token = ""
+    for _ in range(1000):
+        page = await gateway.call(
+            lambda stub, t=token: stub.ListJobs(
+                pb.ListJobsRequest(states=OPEN_STATES, page_size=1000, page_token=t), timeout=10
+            ),
+            what="ListJobs",
+            deadline=deadline,
+        )
+        found += [f"{j.job_id} {job_pb2.JobState.Name(j.state)}" for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            return found
+    raise AssertionError("ListJobs kept returning pages")
+
+
 # -- the workload -------------------------------------------------------------------
 
 
@@ -364,8 +494,8 @@ def failing_graph(index: int) -> dict[str, Any]:
 
 
 def plan_jobs(config: ChaosConfig, rng: random.Random) -> list[ChaosJob]:
-    """10% failing workflows, 20% text-to-image, the rest slow raw workflows;
-    a quarter ask to be retried elsewhere when their backend is lost."""
+    """``fail_share`` failing workflows (10%), 20% text-to-image, the rest slow
+    raw workflows; a quarter ask to be retried elsewhere when their backend is lost."""
     jobs = []
     for index in range(config.jobs):
         envelope: dict[str, Any] = {
@@ -374,10 +504,10 @@ def plan_jobs(config: ChaosConfig, rng: random.Random) -> list[ChaosJob]:
             "labels": {"chaos": str(index)},
         }
         draw = rng.random()
-        if draw < 0.1:
+        if draw < config.fail_share:
             kind = "fail"
             request = pb.GenerateRequest(workflow=_struct(failing_graph(index)), **envelope)
-        elif draw < 0.3:
+        elif draw < config.fail_share + 0.2:
             kind = "ok"
             params = pb.TextToImage(
                 prompt=f"chaos {index}", width=64, height=64, steps=rng.randint(2, 6), seed=index
@@ -391,12 +521,12 @@ def plan_jobs(config: ChaosConfig, rng: random.Random) -> list[ChaosJob]:
     return jobs
 
 
-async def follow(gateway: GatewayHandle, job: ChaosJob, deadline: float) -> None:
+async def follow(gateway: Gateways, job: ChaosJob, deadline: float) -> None:
     """Read the job's events to its terminal one, resuming after every break."""
     loop = asyncio.get_running_loop()
     last = 0
     while True:
-        incarnation, stub = await gateway.current(deadline)
+        token, stub = await gateway.current(deadline)
         request = pb.StreamProgressRequest(job_id=job.job_id, after_sequence=last)
         try:
             call = stub.StreamProgress(request, timeout=max(0.1, deadline - loop.time()))
@@ -415,11 +545,11 @@ async def follow(gateway: GatewayHandle, job: ChaosJob, deadline: float) -> None
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and loop.time() >= deadline:
                 raise ChaosTimeout("the job did not end before the deadline") from exc
-            await gateway.retry_after(exc, incarnation, "StreamProgress")
+            await gateway.retry_after(exc, token, "StreamProgress")
 
 
 async def run_job(
-    gateway: GatewayHandle, job: ChaosJob, slots: asyncio.Semaphore, deadline: float
+    gateway: Gateways, job: ChaosJob, slots: asyncio.Semaphore, deadline: float
 ) -> None:
     async with slots:
         try:
@@ -436,15 +566,74 @@ async def run_job(
             job.problems.append(str(exc))
 
 
+async def run_paced(
+    gateway: Gateways,
+    jobs: list[ChaosJob],
+    pace_seconds: float,
+    slots: asyncio.Semaphore,
+    deadline: float,
+) -> None:
+    """Start the jobs evenly over ``pace_seconds`` (at most ``slots`` at a time), run them all."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    step = pace_seconds / max(1, len(jobs))
+
+    async def paced(job: ChaosJob, start_at: float) -> None:
+        await asyncio.sleep(max(0.0, start_at - loop.time()))  # load shape
+        await run_job(gateway, job, slots, deadline)
+
+    await asyncio.gather(*(paced(job, started + i * step) for i, job in enumerate(jobs)))
+
+
+async def collect_finals(gateway: Gateways, jobs: list[ChaosJob], deadline: float) -> None:
+    """Each accepted job as GetResult has it now (``job.final``)."""
+    for job in jobs:
+        if job.job_id:
+            result = await gateway.call(
+                lambda stub, job_id=job.job_id: stub.GetResult(
+                    pb.GetResultRequest(job_id=job_id), timeout=10
+                ),
+                what="GetResult",
+                deadline=deadline,
+            )
+            job.final = result.job
+
+
+def report(
+    tmp_path: Path,
+    problems: list[str],
+    summary: dict[str, Any],
+    timeline: list[str],
+    logs: str,
+) -> None:
+    """Write ``chaos-summary.json`` and ``chaos-problems.txt``; fail on any problem."""
+    seed = summary["seed"]
+    text = json.dumps(summary, indent=2, sort_keys=True)
+    (tmp_path / "chaos-summary.json").write_text(text + "\n")
+    (tmp_path / "chaos-problems.txt").write_text(
+        "\n".join([*problems, "", "timeline:", *timeline]) + "\n"
+    )
+    print(f"\nchaos summary ({tmp_path}):\n{text}")
+    assert not problems, (
+        f"{len(problems)} violation(s), seed {seed} (CHAOS_SEED={seed} replays the "
+        f"schedule; logs: {logs}):\n"
+        + "\n".join(problems[:40])
+        + "\n\ntimeline:\n"
+        + "\n".join(timeline)
+        + f"\n\nsummary:\n{text}"
+    )
+
+
 # -- the fault schedule ------------------------------------------------------------
 
 
 class ChaosMonkey:
     """Starts a random fault every ``fault_gap`` seconds until told to stop.
 
-    The first six faults are one of each kind, so even a short run sees them
-    all. The same kind never overlaps itself on the same target; the gateway
-    is killed at most every ``gateway_kill_gap`` seconds.
+    The first faults are one of each kind, so even a short run sees them
+    all. The same kind never overlaps itself on the same target; a gateway
+    is killed at most every ``gateway_kill_gap`` seconds, and never while
+    another one is down.
     """
 
     def __init__(
@@ -454,14 +643,14 @@ class ChaosMonkey:
         backends: list[SimBackend],
         s3_down: Callable[[], None],
         s3_up: Callable[[], None],
-        gateway: GatewayHandle,
+        gateways: list[GatewayHandle],
     ) -> None:
         self.rng = rng
         self.config = config
         self.backends = backends
         self.s3_down = s3_down
         self.s3_up = s3_up
-        self.gateway = gateway
+        self.gateways = gateways
         self.injected: collections.Counter[str] = collections.Counter()
         self.timeline: list[str] = []
         self._t0 = time.monotonic()
@@ -472,7 +661,8 @@ class ChaosMonkey:
         self.timeline.append(f"{time.monotonic() - self._t0:7.2f}s {text}")
 
     async def run(self, stop: asyncio.Event) -> None:
-        forced = list(FAULT_KINDS)
+        kinds = self.config.fault_kinds
+        forced = list(kinds)
         self.rng.shuffle(forced)
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -482,7 +672,7 @@ class ChaosMonkey:
                     await asyncio.wait_for(stop.wait(), self.rng.uniform(*self.config.fault_gap))
                 if stop.is_set():
                     break
-                kind = forced.pop() if forced else self.rng.choice(FAULT_KINDS)
+                kind = forced.pop() if forced else self.rng.choice(kinds)
                 target = self.rng.choice(self.backends)
                 key = (kind, "gateway" if kind in ("gateway_kill", "s3_outage") else target.name)
                 if key in self._active:
@@ -540,12 +730,23 @@ class ChaosMonkey:
                     await asyncio.sleep(down)
                     self.s3_up()
                 case "gateway_kill":
-                    self._note("gateway SIGKILL")
-                    await self.gateway.kill()
-                    await self.gateway.start()
-                    self._note(f"gateway back (incarnation {self.gateway.incarnation})")
+                    await self._kill_gateway()
         finally:
             self._active.discard(key)
+
+    async def _kill_gateway(self) -> None:
+        """SIGKILL one gateway; one alone comes back at once, a replica after a pause."""
+        if len(self.gateways) == 1:
+            gateway, down = self.gateways[0], 0.0
+        else:
+            gateway = self.rng.choice(self.gateways)
+            down = self.rng.uniform(*self.config.gateway_down)
+        self._note(f"{gateway.name} SIGKILL, down {down:.2f}s")
+        await gateway.kill()
+        if down:
+            await asyncio.sleep(down)  # the outage itself (fault injection)
+        await gateway.start()
+        self._note(f"{gateway.name} back (incarnation {gateway.incarnation})")
 
 
 # -- the oracle ----------------------------------------------------------------------

@@ -13,7 +13,6 @@ CI runs 50 jobs; ``--run-slow`` runs 2,000.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import time
@@ -21,8 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from comfyui_grpc.v1 import generation_service_pb2 as pb
-from comfyui_grpc.v1 import job_pb2
 from support.gateway_process import GatewayProcess
 from support.s3 import FaultProxy, MotoServer, bucket_objects, s3_env
 
@@ -30,50 +27,20 @@ from .chaos import (
     FAULT_KINDS,
     S3_PREFIX,
     ChaosConfig,
-    ChaosJob,
     ChaosMonkey,
     GatewayHandle,
     SimBackend,
+    collect_finals,
+    open_jobs,
     plan_jobs,
-    run_job,
+    report,
+    run_paced,
     verify,
 )
-
-OPEN_STATES = (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_UPLOADING)
 
 
 def _seed(default: int) -> int:
     return int(os.environ.get("CHAOS_SEED", default))
-
-
-async def _paced(
-    gateway: GatewayHandle,
-    job: ChaosJob,
-    start_at: float,
-    slots: asyncio.Semaphore,
-    deadline: float,
-) -> None:
-    """Start the job at its slot in the load schedule, then run it."""
-    await asyncio.sleep(max(0.0, start_at - asyncio.get_running_loop().time()))  # load shape
-    await run_job(gateway, job, slots, deadline)
-
-
-async def _open_jobs(gateway: GatewayHandle, deadline: float) -> list[str]:
-    found: list[str] = []
-    token = ""
-    for _ in range(1000):
-        page = await gateway.call(
-            lambda stub, t=token: stub.ListJobs(
-                pb.ListJobsRequest(states=OPEN_STATES, page_size=1000, page_token=t), timeout=10
-            ),
-            what="ListJobs",
-            deadline=deadline,
-        )
-        found += [f"{j.job_id} {job_pb2.JobState.Name(j.state)}" for j in page.jobs]
-        token = page.next_page_token
-        if not token:
-            return found
-    raise AssertionError("ListJobs kept returning pages")
 
 
 async def run_chaos(
@@ -108,7 +75,7 @@ async def run_chaos(
             log_path=tmp_path / "gateway.log",
         )
     )
-    monkey = ChaosMonkey(rng, config, backends, proxy.go_down, proxy.go_up, gateway)
+    monkey = ChaosMonkey(rng, config, backends, proxy.go_down, proxy.go_up, [gateway])
     try:
         for backend in backends:
             await backend.start()
@@ -117,30 +84,15 @@ async def run_chaos(
         slots = asyncio.Semaphore(config.concurrency)
         stop = asyncio.Event()
         chaos = asyncio.create_task(monkey.run(stop))
-        step = pace_seconds / max(1, len(jobs))
-        runners = asyncio.gather(
-            *(
-                _paced(gateway, job, started + i * step, slots, deadline)
-                for i, job in enumerate(jobs)
-            )
-        )
+        runners = asyncio.ensure_future(run_paced(gateway, jobs, pace_seconds, slots, deadline))
         await asyncio.wait({runners}, timeout=config.chaos_seconds)
         stop.set()
         await chaos
         await runners
         chaos_end = loop.time()
 
-        for job in jobs:
-            if job.job_id:
-                result = await gateway.call(
-                    lambda stub, job_id=job.job_id: stub.GetResult(
-                        pb.GetResultRequest(job_id=job_id), timeout=10
-                    ),
-                    what="GetResult",
-                    deadline=deadline + 30,
-                )
-                job.final = result.job
-        still_open = await _open_jobs(gateway, deadline + 30)
+        await collect_finals(gateway, jobs, deadline + 30)
+        still_open = await open_jobs(gateway, deadline + 30)
         for backend in backends:
             await backend.finish()
         exit_code = await gateway.terminate()
@@ -168,20 +120,7 @@ async def run_chaos(
         client_errors=dict(gateway.codes),
         s3_refused_connections=proxy.refused,
     )
-    report = json.dumps(summary, indent=2, sort_keys=True)
-    (tmp_path / "chaos-summary.json").write_text(report + "\n")
-    (tmp_path / "chaos-problems.txt").write_text(
-        "\n".join([*problems, "", "timeline:", *monkey.timeline]) + "\n"
-    )
-    print(f"\nchaos summary ({tmp_path}):\n{report}")
-    assert not problems, (
-        f"{len(problems)} violation(s), seed {config.seed} (CHAOS_SEED={config.seed} replays the "
-        f"schedule; gateway log: {tmp_path / 'gateway.log'}):\n"
-        + "\n".join(problems[:40])
-        + "\n\ntimeline:\n"
-        + "\n".join(monkey.timeline)
-        + f"\n\nsummary:\n{report}"
-    )
+    report(tmp_path, problems, summary, monkey.timeline, str(tmp_path / "gateway.log"))
 
 
 # Fixed seeds (schedules that once found bugs) plus a fresh one per run; the
