@@ -80,16 +80,23 @@ timeouts in proxies never see a silent call."""
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How calls are retried. Only UNAVAILABLE is retried by default: it means
-    the request may not have arrived, and every retried call is idempotent
-    (Generate through its ``request_id``)."""
+    """How calls are retried. UNAVAILABLE and CANCELLED are retried by default:
+    each means the gateway did not answer (unreachable, draining, or stopping
+    while the call was on its way: a gateway replica that stops cancels the
+    calls it had received but not begun), and every retried call is
+    idempotent (Generate through its ``request_id``). This client never
+    reports its own cancellations as CANCELLED errors (they raise
+    :class:`asyncio.CancelledError`), so a CANCELLED status always came from
+    the other side."""
 
     max_attempts: int = 5
     """Tries per call, and consecutive failed re-opens of a progress stream."""
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
-    retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    retry_codes: frozenset[grpc.StatusCode] = frozenset(
+        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    )
 
     def backoff(self, attempt: int, error: RpcError | None = None) -> float:
         """Seconds to wait before try ``attempt + 1``, with jitter; a server's
