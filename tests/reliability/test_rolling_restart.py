@@ -165,13 +165,6 @@ def channel_options() -> list[tuple[str, Any]]:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(
-    reason="known gateway bug: a job a draining replica finishes just before it hands its "
-    "backend over can be left UPLOADING in the jobs row (its SUCCEEDED event is recorded); "
-    "the next holder's reconcile then fails with 'event after the terminal event' and the "
-    "job never ends (about one run in three)",
-    strict=False,
-)
 async def test_rolling_restart_under_load(tmp_path: Path, postgres_server: PostgresServer) -> None:
     url = postgres_server.url(postgres_server.create_database())
     url_file = tmp_path / "state-url"
