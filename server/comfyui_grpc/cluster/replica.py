@@ -164,7 +164,7 @@ class Replica:
         urls = sorted(self.owned)
         held: list[str] = []
         for url in urls:
-            held += core.disown(url)
+            held += self._disown_jobs(url)
         for job in self.service.let_go(held):
             self.mirrors.add(job)  # streams served here follow them from the store
         self.owned.clear()
@@ -225,12 +225,12 @@ class Replica:
                         break
         elif mine > share and not self.draining:
             core = self.service.core
-            url = min(self.owned, key=lambda u: (len(core.jobs_on(u)), u))
+            url = min(self.owned, key=lambda u: (len(self._jobs_on(u)), u))
             log.info("handing ComfyUI at %s over to another replica once idle", url)
             self.draining.add(url)
             core.backend_down(url)
         for url in sorted(self.draining):
-            if not self.service.core.jobs_on(url):
+            if not self._jobs_on(url):
                 await self._hand_over(url)
 
     def _preference(self, url: str) -> bytes:
@@ -256,11 +256,26 @@ class Replica:
         self._pull.set()
 
     def _disown(self, url: str) -> None:
-        ids = self.service.core.disown(url)
+        ids = self._disown_jobs(url)
         self.owned.discard(url)
         self.draining.discard(url)
         for job in self.service.let_go(ids):
             self.mirrors.add(job)
+
+    def _jobs_on(self, url: str) -> list[str]:
+        """Our jobs on ``url``: in ComfyUI, or done there with outputs being stored."""
+        there = self.service.core.jobs_on(url)
+        storing = [
+            j.job_id
+            for j in self.service.registry.open_jobs()
+            if j.backend == url and j.job_id not in there
+        ]
+        return [*there, *storing]
+
+    def _disown_jobs(self, url: str) -> list[str]:
+        """Drop ``url`` from the core; every job of ours on it (to let go)."""
+        storing = [j.job_id for j in self.service.registry.open_jobs() if j.backend == url]
+        return sorted({*self.service.core.disown(url), *storing})
 
     async def _hand_over(self, url: str) -> None:
         self._disown(url)
