@@ -20,10 +20,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, fleet, memory, previews, progress, report, servers, submission
+from . import (
+    artifacts,
+    fleet,
+    memory,
+    previews,
+    progress,
+    replica_streams,
+    replica_submission,
+    report,
+    servers,
+    submission,
+)
 from .common import REPO, Children, clean_floats, dump_json, log, machine_info
 
-SECTIONS = ("submission", "progress", "previews", "artifacts", "memory", "fleet")
+SECTIONS = (
+    "submission",
+    "progress",
+    "previews",
+    "artifacts",
+    "memory",
+    "fleet",
+    "replica_submission",
+    "replica_streams",
+)
 CORE_VARIANTS = ["gateway", "floor", "direct", "refproxy", "comfy_api_proxy", "echo"]
 INFO_VARIANTS = ["gateway_typed", "direct_aiohttp"]
 
@@ -96,6 +116,12 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "artifacts": {"quick": quick, "runs_small": runs, "modes": pick(list(artifacts.MODES))},
         "memory": {"finished_jobs": 1000 if quick else 10_000, "streams": 1000},
         "fleet": {"jobs_per_backend": 12 if quick else 18, "a_jobs": 120 if quick else 300},
+        "replica_submission": {
+            "runs": runs,
+            "quick": quick,
+            "variants": pick(list(replica_submission.VARIANTS)),
+        },
+        "replica_streams": {"runs": runs, "quick": quick},
     }
 
 
@@ -125,6 +151,12 @@ async def run_sections(
             elif name == "memory":
                 data = await memory.run(workdir, s3, **options)
                 runs = 1
+            elif name == "replica_submission":
+                data = await replica_submission.run(workdir, s3, **options)
+                runs = options["runs"]
+            elif name == "replica_streams":
+                data = await replica_streams.run(workdir, s3, **options)
+                runs = options["runs"]
             else:
                 data = await fleet.run(workdir, s3, **options)
                 runs = 1
