@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import replica_report
 from .common import ratio
 
 MB = 1_000_000
@@ -215,6 +216,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "n/a" if per_stream is None else f"{per_stream * 1024 / KB:.1f} KB",
         None if per_stream is None else per_stream * 1024 <= 50 * KB,
     )
+    replica_report.targets(results, add)
     return out
 
 
@@ -530,6 +532,7 @@ def _section_tables(results: dict[str, Any]) -> list[str]:
         ]
         lines += _table(["stage", "RSS MiB"], rows)
     lines += _fleet_tables(sections.get("fleet"))
+    lines += replica_report.tables(sections, _section_header, _table)
     return lines
 
 
