@@ -13,7 +13,7 @@ import pytest
 from comfyui_grpc.jobs.job import Job, JobSpec
 from comfyui_grpc.jobs.model import JobKind, JobState
 from comfyui_grpc.state import JobStoreUnavailable, RequestIdTaken
-from comfyui_grpc.state.postgres import MIGRATIONS, PostgresJobStore
+from comfyui_grpc.state.postgres import EVENTS_CHANNEL, MIGRATIONS, PostgresJobStore
 from comfyui_grpc.workflows import TextToImageParams, text_to_image_graph
 from support.postgres import PASSWORD, PostgresServer
 
@@ -125,6 +125,49 @@ async def test_a_batch_the_database_refused_is_written_at_the_next_flush(
         await _rows(postgres_url, "ALTER TABLE events_away RENAME TO events")
         job.node_progress("5", 2, 3)
         assert await store.flush() == set()
+        loaded = await store.load(FIRST)
+        assert loaded is not None
+        assert [e.sequence for e in loaded.log] == [e.sequence for e in job.log]
+    finally:
+        await store.close()
+
+
+async def test_a_replica_writes_news_at_once_and_still_spaces_its_writes(
+    postgres_url: str,
+) -> None:
+    """Other replicas' streams follow a replica's writes: a step after a quiet
+    spell is written (and announced) at once, not when the interval runs
+    out; the interval still keeps one write at most per interval."""
+    job = _job(FIRST)
+    recorder = PostgresJobStore(postgres_url)
+    await recorder.open()
+    await recorder.save_now(job)
+    await recorder.close()
+    await _rows(postgres_url, "UPDATE jobs SET holder = 'replica-1'")
+    interval = 1.0
+    store = PostgresJobStore(postgres_url, flush_interval_seconds=interval)
+    store.holder = "replica-1"
+    await store.open()
+    try:
+        store.track(job)
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute(f'LISTEN "{EVENTS_CHANNEL}"'.encode())
+            notes = conn.notifies(timeout=3 * interval)
+            try:
+                # A quiet spell of a few intervals, the flusher's timer running meanwhile.
+                await asyncio.sleep(2.5 * interval)
+                loop = asyncio.get_running_loop()
+                quiet_since = loop.time()
+                job.started()
+                first = await anext(notes)
+                assert first.payload == FIRST
+                assert loop.time() - quiet_since < interval / 4
+                job.node_progress("5", 1, 3)
+                await anext(notes)
+                # That write began no earlier than an interval after the first one.
+                assert loop.time() - quiet_since >= interval
+            finally:
+                await notes.aclose()
         loaded = await store.load(FIRST)
         assert loaded is not None
         assert [e.sequence for e in loaded.log] == [e.sequence for e in job.log]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -205,7 +206,9 @@ class PostgresJobStore(WriteBehindStore):
         self._secrets: tuple[str, ...] = ()
         self.holder = ""
         """This replica's id once it shares the database with others: then
-        only the jobs it holds are written (see :mod:`comfyui_grpc.cluster`)."""
+        only the jobs it holds are written (see :mod:`comfyui_grpc.cluster`),
+        and as soon as they have news (see :meth:`_flush_forever`)."""
+        self._news = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -334,6 +337,7 @@ class PostgresJobStore(WriteBehindStore):
         if task is not None:
             self._closing = True
             self._wakeup.set()
+            self._news.set()
             await task
         if self._pool is None:
             return
@@ -450,10 +454,27 @@ class PostgresJobStore(WriteBehindStore):
                 )
         return {j.job_id for j in jobs} - written
 
+    def _on_event(self, job: Job, event: ev.Event) -> None:
+        super()._on_event(job, event)
+        self._news.set()
+
     async def _flush_forever(self) -> None:
+        """Write a batch every ``flush_interval`` (at once for a terminal event
+        or a full buffer). While replicas share the store, other replicas'
+        streams follow these writes, so news is written as soon as it comes,
+        and the interval only spaces the writes (one batch at most per
+        interval, from start to start): a progress step that comes after a
+        quiet spell no longer waits for the interval to run out."""
+        last_write = -math.inf
         while not self._closing:
-            await within(self._wakeup.wait(), self.flush_interval)
+            await within((self._news if self.holder else self._wakeup).wait(), self.flush_interval)
+            pause = last_write + self.flush_interval - time.monotonic()
+            if self.holder and pause > 0:
+                await within(self._wakeup.wait(), pause)
             self._wakeup.clear()
+            self._news.clear()
+            if self._dirty or self._events:
+                last_write = time.monotonic()
             try:
                 await self.flush()
             except JobStoreUnavailable as exc:
