@@ -252,6 +252,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         "also counts the upload to S3, which does not hold the GPU. The greedy schedule and the "
         "lower bound are computed offline from the same jobs' measured durations and arrival "
         "times (Job.create_time).",
+        "Replica sections: PostgreSQL is a throw-away local server (initdb, fsync=off, "
+        "synchronous_commit=off, as in the test suite), so a commit costs no disk flush; on a "
+        "real server each Generate and each batch of events also waits for its WAL flush. "
+        "Gateways, PostgreSQL, simulators and the load generator share the same 2 cores.",
         "Ratios near a target move across it from run to run on these shared cores; "
         "bench/README.md (Where the targets stand) lists the last full runs side by side "
         "and explains what is not met and why.",
