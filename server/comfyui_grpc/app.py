@@ -51,7 +51,8 @@ REPLICA_SETTLE_SECONDS = 10.0
 """At stop, how long a replica lets submissions and uploads under way finish
 before it hands its backends over."""
 REPLICA_FLUSH_SECONDS = 0.02
-"""Job store write interval when replicas share the store (streams follow writes)."""
+"""Least time between two job store writes when replicas share the store; news is
+written as soon as it comes within that (streams on other replicas follow writes)."""
 
 SERVICE_NAME = generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
