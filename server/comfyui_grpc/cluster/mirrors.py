@@ -11,11 +11,12 @@ served here therefore see every event the holder recorded, in order, and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 from ..jobs.job import Job
-from ..jobs.records import job_from_json
+from ..jobs.records import event_from_json, job_from_json
 from ..state.errors import JobStoreUnavailable
 from ..tasks import within
 from .shared_state import SharedState
@@ -65,8 +66,34 @@ class Mirrors:
         record, events = found
         return self.add(job_from_json(job_id, record, events, sequence_gap=False))
 
+    def notified(self, payload: str) -> None:
+        """The holder wrote news of a job (:func:`~comfyui_grpc.state.postgres.event_news`).
+
+        Step progress that follows on from what the mirror has is applied from
+        the payload at once; anything else (a transition, an artifact, a gap)
+        is read from the store with the job's record, in order.
+        """
+        try:
+            news = json.loads(payload)
+            job_id = str(news["job"])
+            texts = news.get("events") or []
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed job notification")
+            return
+        job = self._jobs.get(job_id)
+        if job is None or job.terminal:
+            return
+        if texts and not self._dirty.intersection((job_id,)):
+            events = [event_from_json(job_id, text) for text in texts]
+            if events[0].sequence == job.log.last_sequence + 1 and all(
+                e.node_level for e in events
+            ):
+                job.follow(None, events)
+                return
+        self.changed(job_id)
+
     def changed(self, job_id: str) -> None:
-        """The holder wrote news of ``job_id``."""
+        """The job has news to read from the store."""
         if job_id in self._jobs:
             self._dirty.add(job_id)
             self._wake.set()

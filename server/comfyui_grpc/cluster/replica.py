@@ -84,7 +84,7 @@ class Replica:
             lambda: store.url,
             {
                 QUEUE_CHANNEL: lambda _: self._pull.set(),
-                EVENTS_CHANNEL: self.mirrors.changed,
+                EVENTS_CHANNEL: self.mirrors.notified,
                 CANCEL_CHANNEL: self._cancel_asked,
                 LEASES_CHANNEL: lambda _: self._lease_wake.set(),
             },

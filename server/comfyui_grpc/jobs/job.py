@@ -285,17 +285,19 @@ class Job:
         if state.terminal:
             self._done.set()
 
-    def follow(self, record: Job, events: list[ev.Event]) -> None:
+    def follow(self, record: Job | None, events: list[ev.Event]) -> None:
         """Catch up with the job as another gateway replica, which holds it,
-        recorded it: ``record`` read back from the store, and its new events."""
-        self.backend = record.backend
-        self.start_time = record.start_time
-        self.queue_number = record.queue_number
-        self.cancel_requested = self.cancel_requested or record.cancel_requested
-        self.attempts = record.attempts
-        self.failure = record.failure
-        self.artifacts = record.artifacts
-        self.outputs = record.outputs
+        recorded it: ``record`` read back from the store (None: only step
+        progress happened), and its new events."""
+        if record is not None:
+            self.backend = record.backend
+            self.start_time = record.start_time
+            self.queue_number = record.queue_number
+            self.cancel_requested = self.cancel_requested or record.cancel_requested
+            self.attempts = record.attempts
+            self.failure = record.failure
+            self.artifacts = record.artifacts
+            self.outputs = record.outputs
         for event in events:
             if not self.log.follow(event):
                 continue

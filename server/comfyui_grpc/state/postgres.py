@@ -21,6 +21,7 @@ differs is what a shared database needs:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -140,7 +141,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 """Append only: a step, once released, is never edited (databases hold it)."""
 
 EVENTS_CHANNEL = "comfyui_grpc_events"
-"""NOTIFY channel: a job's events were written (payload: the job id)."""
+"""NOTIFY channel: a job's events were written (payload: :func:`event_news`)."""
+MAX_NEWS_BYTES = 7000
+"""PostgreSQL refuses NOTIFY payloads of 8000 bytes and more."""
 
 MIGRATION_LOCK = 0x636F6D667975_6772
 """``pg_advisory_xact_lock`` key held while migrating (one per database)."""
@@ -438,19 +441,20 @@ class PostgresJobStore(WriteBehindStore):
                 )
                 written |= await _returned(cursor)
             if events:
+                records = [(e, event_to_json(e)) for e in events]
                 await cursor.executemany(
                     "INSERT INTO events (job_id, sequence, record) "
                     "SELECT %(job)s, %(sequence)s, %(record)s "
                     "WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = %(job)s) "
                     "ON CONFLICT (job_id, sequence) DO NOTHING",
                     [
-                        {"job": e.job_id, "sequence": e.sequence, "record": event_to_json(e)}
-                        for e in events
+                        {"job": e.job_id, "sequence": e.sequence, "record": text}
+                        for e, text in records
                     ],
                 )
                 await cursor.execute(
-                    "SELECT pg_notify(%s, job_id) FROM unnest(%s::text[]) AS job_id",
-                    (EVENTS_CHANNEL, sorted({e.job_id for e in events})),
+                    "SELECT pg_notify(%s, news) FROM unnest(%s::text[]) AS news",
+                    (EVENTS_CHANNEL, event_news(records)),
                 )
         return {j.job_id for j in jobs} - written
 
@@ -593,6 +597,19 @@ class PostgresJobStore(WriteBehindStore):
         return await self._callbacks(
             "WHERE state = ANY(%s) ORDER BY next_attempt_time", (list(OPEN_CALLBACK_STATES),)
         )
+
+
+def event_news(records: list[tuple[ev.Event, str]]) -> list[str]:
+    """One NOTIFY payload per job: its id, and its new events when they fit
+    (a follower then needs no read; see :mod:`comfyui_grpc.cluster.mirrors`)."""
+    by_job: dict[str, list[str]] = {}
+    for event, text in records:
+        by_job.setdefault(event.job_id, []).append(text)
+    news = []
+    for job_id, texts in by_job.items():
+        payload = json.dumps({"job": job_id, "events": texts})
+        news.append(payload if len(payload) <= MAX_NEWS_BYTES else json.dumps({"job": job_id}))
+    return news
 
 
 async def _returned(cursor: psycopg.AsyncCursor[tuple[Any, ...]]) -> set[str]:

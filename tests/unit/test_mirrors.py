@@ -1,0 +1,74 @@
+"""A job followed from another replica: step progress applied from the
+notification itself, anything else read from the store, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfyui_grpc.cluster.mirrors import Mirrors
+from comfyui_grpc.jobs import events as ev
+from comfyui_grpc.jobs.job import Job, JobSpec
+from comfyui_grpc.jobs.model import JobKind, JobState
+from comfyui_grpc.jobs.records import event_to_json
+from comfyui_grpc.state.postgres import MAX_NEWS_BYTES, event_news
+
+JOB = "00000000-0000-4000-8000-000000000001"
+GRAPH = {"1": {"class_type": "KSampler", "inputs": {"seed": 1}}}
+
+
+class Store:
+    """Stands in for SharedState: counts the reads a mirror makes."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def news_many(self, after: dict[str, int]) -> dict[str, Any]:
+        self.reads += 1
+        return {}
+
+
+def running_job() -> Job:
+    job = Job(JOB, JobSpec(kind=JobKind.WORKFLOW, workflow=GRAPH, workflow_sha256="0"))
+    job.queued(1, "")
+    job.started()
+    return job
+
+
+def event(sequence: int, payload: ev.Payload, state: JobState = JobState.RUNNING) -> ev.Event:
+    return ev.Event(job_id=JOB, sequence=sequence, state=state, time=1.0, payload=payload)
+
+
+def step(sequence: int, value: int) -> ev.Event:
+    return event(sequence, ev.NodeProgressed("1", "KSampler", value, 10, value / 10, value / 10))
+
+
+def news(*events: ev.Event) -> str:
+    [payload] = event_news([(e, event_to_json(e)) for e in events])
+    return payload
+
+
+def test_step_progress_that_follows_on_is_applied_without_a_read() -> None:
+    store = Store()
+    mirrors = Mirrors(store)  # type: ignore[arg-type]
+    job = mirrors.add(running_job())
+    mirrors._dirty.clear()
+    sub = job.log.subscribe()
+    mirrors.notified(news(step(3, 1), step(4, 2)))
+    assert [e.sequence for e in sub.drain()] == [3, 4]
+    assert not mirrors._dirty
+
+
+def test_transitions_gaps_and_big_news_are_read_from_the_store() -> None:
+    mirrors = Mirrors(Store())  # type: ignore[arg-type]
+    job = mirrors.add(running_job())
+    for payload in (
+        news(event(3, ev.Succeeded(()), JobState.SUCCEEDED)),  # a transition
+        news(step(5, 1)),  # a gap: sequence 3 and 4 unseen
+        news(*(step(n, n) for n in range(3, 200))),  # too big to carry its events
+    ):
+        mirrors._dirty.clear()
+        mirrors.notified(payload)
+        assert mirrors._dirty == {JOB}
+        assert job.log.last_sequence == 2
+        assert not job.terminal
+    assert len(news(*(step(n, n) for n in range(3, 200)))) <= MAX_NEWS_BYTES
