@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ async def listen(url: str, job_id: str, heard: list[float], listening: asyncio.E
         await conn.execute(f'LISTEN "{EVENTS_CHANNEL}"'.encode())
         listening.set()
         async for note in conn.notifies():
-            if note.payload == job_id:
+            if json.loads(note.payload)["job"] == job_id:
                 heard.append(time.monotonic())
 
 
