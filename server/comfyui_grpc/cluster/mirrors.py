@@ -49,12 +49,12 @@ class Mirrors:
     def by_request(self, request_id: str) -> Job | None:
         return next((j for j in self._jobs.values() if j.spec.request_id == request_id), None)
 
-    def add(self, job: Job) -> Job:
-        """Follow ``job`` (already up to date with the store) from now on."""
+    def add(self, job: Job, *, fresh: bool = False) -> Job:
+        """Follow ``job`` from now on; ``fresh``: just read or written, no
+        news can be missing (else it is checked for news at once)."""
         kept = self._jobs.setdefault(job.job_id, job)
         self._used[job.job_id] = time.monotonic()
-        if kept is job and not job.terminal:
-            # It may have news written before it became a mirror.
+        if kept is job and not job.terminal and not fresh:
             self.changed(job.job_id)
         return kept
 
@@ -64,7 +64,7 @@ class Mirrors:
         if found is None:
             return None
         record, events = found
-        return self.add(job_from_json(job_id, record, events, sequence_gap=False))
+        return self.add(job_from_json(job_id, record, events, sequence_gap=False), fresh=True)
 
     def notified(self, payload: str) -> None:
         """The holder wrote news of a job (:func:`~comfyui_grpc.state.postgres.event_news`).

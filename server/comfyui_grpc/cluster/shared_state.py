@@ -249,11 +249,9 @@ class SharedState:
     async def news_many(self, after: dict[str, int]) -> dict[str, tuple[Job, list[ev.Event]]]:
         """For each job, its record and its events after the given sequence; one round trip."""
         ids, sequences = list(after), [after[j] for j in after]
-        async with self.store.connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                "SELECT job_id, record FROM jobs WHERE job_id = ANY(%s)", (ids,)
-            )
-            records = {r[0]: r[1] for r in await cursor.fetchall()}
+        async with self.store.connection() as conn:
+            # Events first: a record changes with an event, so jobs without
+            # new events (most, when polling) cost no record read.
             cursor = await conn.execute(
                 "SELECT e.job_id, e.record FROM events e "
                 "JOIN unnest(%s::text[], %s::bigint[]) AS w(job_id, after) "
@@ -263,8 +261,14 @@ class SharedState:
             events: dict[str, list[ev.Event]] = {}
             for job_id, text in await cursor.fetchall():
                 events.setdefault(job_id, []).append(event_from_json(job_id, text))
+            if not events:
+                return {}
+            cursor = await conn.execute(
+                "SELECT job_id, record FROM jobs WHERE job_id = ANY(%s)", (list(events),)
+            )
+            records = {r[0]: r[1] for r in await cursor.fetchall()}
         return {
-            job_id: (job_from_json(job_id, text, [], sequence_gap=False), events.get(job_id, []))
+            job_id: (job_from_json(job_id, text, [], sequence_gap=False), events[job_id])
             for job_id, text in records.items()
         }
 

@@ -309,7 +309,7 @@ class JobService:
                 raise _reused(spec.request_id, found.job_id) from None
             return found
         job.recorded.set()
-        return self.replica.mirrors.add(job)
+        return self.replica.mirrors.add(job, fresh=True)
 
     async def _by_request_shared(self, request_id: str) -> Job | None:
         assert self.replica is not None
