@@ -173,7 +173,7 @@ func follow(ctx context.Context, client v1.GenerationServiceClient, jobID string
 			err = status.Error(codes.Unavailable, "the stream ended before the job finished")
 		}
 		failures++
-		if status.Code(err) != codes.Unavailable || failures >= 5 {
+		if !retryable(err) || failures >= 5 {
 			return err
 		}
 		time.Sleep(time.Duration(failures) * 200 * time.Millisecond)
@@ -222,12 +222,20 @@ func save(ctx context.Context, client v1.GenerationServiceClient, jobID string, 
 	return saveNew(dir, jobID, artifact.Filename, data)
 }
 
-// retry runs call again while it fails UNAVAILABLE; safe for Generate because
+// retryable: the gateway did not answer (unreachable or draining, or a
+// stopping replica cancelled a call it had not begun; this program never
+// cancels its own calls).
+func retryable(err error) bool {
+	code := status.Code(err)
+	return code == codes.Unavailable || code == codes.Canceled
+}
+
+// retry runs call again while it is retryable; safe for Generate because
 // the request_id stays the same.
 func retry(call func() error) error {
 	var err error
 	for attempt := 1; attempt <= 5; attempt++ {
-		if err = call(); status.Code(err) != codes.Unavailable {
+		if err = call(); !retryable(err) {
 			return err
 		}
 		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)

@@ -14,6 +14,9 @@ import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
+/** Codes meaning the gateway did not answer: the call is made again. */
+const RETRIED = new Set([grpc.status.UNAVAILABLE, grpc.status.CANCELLED]);
+
 export { jobFileName, safeName, saveNew } from "./files.js";
 export {
   CallbackSignatureError,
@@ -151,7 +154,7 @@ export class ComfyUIGrpcClient {
    * @param {Buffer} [options.clientCert] PEM client certificate (mutual TLS)
    * @param {Buffer} [options.clientKey] PEM key of clientCert
    * @param {number} [options.timeoutSeconds] deadline of each unary call (default 30)
-   * @param {number} [options.maxAttempts] tries for calls that fail UNAVAILABLE (default 5)
+   * @param {number} [options.maxAttempts] tries for calls that fail UNAVAILABLE or CANCELLED (default 5)
    * @param {string} [options.protosDir] where comfyui_grpc/v1/*.proto live
    */
   constructor(options = {}) {
@@ -191,7 +194,11 @@ export class ComfyUIGrpcClient {
     await sleep(Math.max(hint, ceiling / 2 + Math.random() * (ceiling / 2)));
   }
 
-  /** One unary call, retried on UNAVAILABLE (every call here is idempotent). */
+  /**
+   * One unary call, retried on UNAVAILABLE and CANCELLED (every call here is
+   * idempotent; a gateway replica that stops cancels the calls it had
+   * received but not begun, and this client never cancels a unary call).
+   */
   async #unary(method, request, extraSeconds = 0) {
     for (let attempt = 1; ; attempt += 1) {
       try {
@@ -204,7 +211,7 @@ export class ComfyUIGrpcClient {
           );
         });
       } catch (error) {
-        if (error.code !== grpc.status.UNAVAILABLE || attempt >= this.maxAttempts) throw error;
+        if (!RETRIED.has(error.code) || attempt >= this.maxAttempts) throw error;
         await this.#backoff(attempt, error);
       }
     }
@@ -330,7 +337,7 @@ export class ComfyUIGrpcClient {
       } catch (error) {
         const typed = error instanceof GatewayError ? error : new GatewayError(error);
         failures += 1;
-        if (typed.code !== grpc.status.UNAVAILABLE || failures >= this.maxAttempts) throw typed;
+        if (!RETRIED.has(typed.code) || failures >= this.maxAttempts) throw typed;
         await this.#backoff(failures, typed);
       } finally {
         call.cancel();
