@@ -13,7 +13,7 @@ end other than as ComfyUI ran it); on top of that, every job must have
 ended, through a stream of strictly increasing sequences ending with the
 terminal event, and every replica must exit 0 on SIGTERM.
 
-The seed is printed (``CHAOS_SEED`` replays it). CI runs 60 jobs with a few
+The seed is printed (``CHAOS_SEED`` replays it). CI runs 40 jobs with a few
 kills; ``--run-slow`` runs 320 jobs with many more.
 """
 
@@ -206,10 +206,10 @@ async def test_replica_chaos_short(
     postgres_server: PostgresServer,
 ) -> None:
     config = ChaosConfig(
-        jobs=60,
+        jobs=40,
         concurrency=18,
         seed=_seed(RANDOM_SEED),
-        chaos_seconds=25,
+        chaos_seconds=16,
         deadline_seconds=80,
         fault_kinds=LIGHT_FAULTS,
         fault_gap=(0.5, 1.5),
@@ -217,7 +217,7 @@ async def test_replica_chaos_short(
         gateway_down=(0.2, 1.5),
         slow_steps=(10, 40),
     )
-    await run_replica_chaos(config, 20.0, tmp_path, moto_server, s3_proxy, postgres_server)
+    await run_replica_chaos(config, 12.0, tmp_path, moto_server, s3_proxy, postgres_server)
 
 
 @pytest.mark.slow

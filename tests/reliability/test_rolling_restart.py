@@ -41,7 +41,7 @@ from support.postgres import PostgresServer
 REPLICAS = 2
 LEASE_SECONDS = 2.0
 CALLERS = 8
-ROUNDS = 2
+ROUNDS = 1
 """Each replica is restarted this many times, one after the other."""
 
 
