@@ -30,8 +30,14 @@ async def test_a_killed_gateway_resumes_from_postgresql(
     url_file.write_text(postgres_server.url(database) + "\n")
     # First the URL from a file, password included; then from the variable,
     # the password from libpq's PGPASSWORD.
+    # The same --replica-id across the restart: the new process takes the
+    # backend's lease back at once instead of waiting for it to lapse.
+    same_replica = ["--replica-id", "pg-gateway"]
     first = GatewayProcess(
-        simulator.url, tmp_path, state=False, extra_args=["--state-url-file", str(url_file)]
+        simulator.url,
+        tmp_path,
+        state=False,
+        extra_args=["--state-url-file", str(url_file), *same_replica],
     )
     request = workflow_request(slow_workflow(40, 0.03), request_id="pg-once")
     await first.start()
@@ -55,6 +61,7 @@ async def test_a_killed_gateway_resumes_from_postgresql(
         simulator.url,
         tmp_path,
         state=False,
+        extra_args=same_replica,
         env={
             "COMFYUI_GRPC_STATE_URL": postgres_server.url(database, password=False),
             "PGPASSWORD": PASSWORD,
