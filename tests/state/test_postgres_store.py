@@ -331,3 +331,36 @@ async def test_flushes_land_in_order_a_later_record_is_never_overwritten(
         assert rows == [(JobState.RUNNING.value,)]
     finally:
         await store.close()
+
+
+async def test_jobs_recorded_before_replicas_join_the_shared_line_or_their_backend(
+    postgres_url: str,
+) -> None:
+    """A database written by a gateway from before replicas (schema version 2):
+    its waiting jobs join the shared line, the others stay with their backend."""
+    from comfyui_grpc.jobs.records import job_to_json
+    from comfyui_grpc.state.postgres import migrate
+
+    waiting, handed = _job(FIRST), _job(SECOND)
+    waiting.queued(1, "")
+    handed.backend = "http://gpu-1:8188"
+    handed.queued(1, handed.backend)
+    handed.started()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await migrate(conn, MIGRATIONS[:2])
+        for job in (waiting, handed):
+            await conn.execute(
+                "INSERT INTO jobs (job_id, request_id, state, updated, record) "
+                "VALUES (%s, '', %s, 0, %s)",
+                (job.job_id, job.state.value, job_to_json(job)),
+            )
+    store = PostgresJobStore(postgres_url)
+    await store.open()
+    await store.close()
+    rows = await _rows(
+        postgres_url, "SELECT job_id, waiting, backend, caller FROM jobs ORDER BY job_id"
+    )
+    assert rows == [
+        (FIRST, True, "", "anonymous"),
+        (SECOND, False, "http://gpu-1:8188", "anonymous"),
+    ]
