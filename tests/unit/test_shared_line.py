@@ -190,3 +190,18 @@ def test_a_disowned_backend_takes_its_jobs_along_and_emits_nothing() -> None:
     assert "a" not in core.backends
     assert all(t.backend == "b" for t in core.tickets.values())
     assert all(t.phase is Phase.PENDING for t in core.tickets.values())
+
+
+def test_a_backend_with_deletes_owed_asks_for_nothing_until_they_are_made() -> None:
+    core = core_with("a", prefetch=0)
+    core.submit("j0", caller="c", needs=SD)
+    [submit] = core.take_actions()
+    assert isinstance(submit, act.Submit)
+    core.submitted("j0", submit.attempt)
+    core.backend_lost("a")  # j0 may still sit in a's queue: deleted when a is back
+    core.give_back()
+    core.backend_up("a")
+    assert any(isinstance(a, act.DeleteOwed) for a in core.take_actions())
+    assert core.room() == []
+    core.deletes_done("a", ("j0",))
+    assert len(core.room()) == 1

@@ -429,6 +429,8 @@ class Scheduler:
         spare: list[Inventory] = []
         for slot in self._free():
             assert slot.inventory is not None
+            if slot.owed:
+                continue  # deletes to make first: what it took might be one of them
             spare += [slot.inventory] * (limit - slot.load)
         return spare[len(self.line) :]
 
