@@ -270,3 +270,68 @@ async def test_a_pending_callback_survives_the_replica_that_held_it(
         for process in replicas.values():
             await process.kill()
         await receiver.stop()
+
+
+async def test_fair_share_and_caller_limits_hold_across_replicas(
+    simulator: Simulator, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """One caller floods the line through one replica, another arrives through
+    the other: its job goes next, and the flooder's limit counts both replicas."""
+    url = postgres_server.url(postgres_server.create_database())
+    url_file = tmp_path / "state-url"
+    url_file.write_text(url + "\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("batch:token-a\ninteractive:token-b\n")
+    extra = [
+        "--auth-token-file", str(tokens), "--backend-prefetch", "0",
+        "--max-queued-jobs-per-caller", "5",
+    ]  # fmt: skip
+    log = tmp_path / "replicas.log"
+    first = replica([simulator.url], tmp_path, url_file, "replica-1", log, extra)
+    second = replica([simulator.url], tmp_path, url_file, "replica-2", log, extra)
+    await first.start()
+    await second.start()
+    local = grpc.local_channel_credentials()
+
+    def as_caller(port: int, token: str) -> grpc.aio.Channel:
+        credentials = grpc.composite_channel_credentials(
+            local, grpc.access_token_call_credentials(token)
+        )
+        return grpc.aio.secure_channel(f"localhost:{port}", credentials)
+
+    try:
+        await until_spread(url, backends=1, replicas=1)
+        async with (
+            as_caller(first.port, "token-a") as batch_one,
+            as_caller(second.port, "token-a") as batch_two,
+            as_caller(second.port, "token-b") as interactive_two,
+        ):
+            batch = pb_grpc.GenerationServiceStub(batch_one)
+            blocker = await batch.Generate(
+                workflow_request(slow_workflow(200, 0.02, "block")), timeout=10
+            )
+            # The blocker runs; five more of the batch caller wait in the shared line.
+            mine = [(await batch.Generate(small_image(f"a{n}"), timeout=10)).job_id
+                    for n in range(5)]  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.GenerationServiceStub(batch_two).Generate(
+                    small_image("a-too-many"), timeout=10
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            theirs = await pb_grpc.GenerationServiceStub(interactive_two).Generate(
+                small_image("b0"), timeout=10
+            )
+            # The batch caller had its turn (the blocker): the other caller's job is next.
+            assert theirs.queue_position == 1
+            await batch.CancelJob(pb.CancelJobRequest(job_id=blocker.job_id), timeout=20)
+            for job_id in [*mine, theirs.job_id]:
+                result = await batch.GetResult(
+                    pb.GetResultRequest(job_id=job_id, wait_timeout={"seconds": 30}), timeout=40
+                )
+                assert result.job.state == job_pb2.JOB_STATE_SUCCEEDED
+    finally:
+        for process in (first, second):
+            process.signal(signal.SIGTERM)
+        assert await first.wait() == 0
+        assert await second.wait() == 0
+    assert simulator.submitted_prompt_ids[:3] == [blocker.job_id, theirs.job_id, mine[0]]
