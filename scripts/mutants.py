@@ -241,6 +241,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{SHARED_LINE}::test_a_high_job_takes_its_callers_turn_not_anothers",),
     ),
     Mutant(
+        "shared-line-by-arrival",
+        f"{SERVER}/scheduler/shared_line.py",
+        "    left = sorted(rows, key=lambda r: (r.tag, r.seq))\n",
+        "    left = sorted(rows, key=lambda r: r.seq)\n",
+        (f"{REPLICAS}::test_fair_share_and_caller_limits_hold_across_replicas",),
+    ),
+    Mutant(
         "callbacks-of-dead-replicas-left",
         f"{SERVER}/callbacks/delivery.py",
         "            await asyncio.sleep(SHARED_SWEEP_SECONDS)\n",
