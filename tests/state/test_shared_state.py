@@ -138,3 +138,17 @@ async def test_a_high_job_behind_many_takes_its_callers_next_turn(
     _, claimed = await one.claim(lambda rows: choose(rows, lambda _: True, 2), window=8)
     # bulk's next turn goes to its high job; other keeps its own turn.
     assert [j.job_id for j in claimed] == [urgent.job_id, job(500).job_id]
+
+
+async def test_deletes_owed_to_a_backend_outlive_the_replica_that_owed_them(
+    replicas: list[SharedState],
+) -> None:
+    one, two = replicas
+    await one.acquire("http://a")
+    await one.owe("http://a", {"job-1", "job-2"})
+    await one.owe("http://a", {"job-2", "job-3"})  # job-1's delete was made
+    await asyncio.sleep(LEASE + 0.1)  # one stops renewing
+    assert await two.acquire("http://a") == []
+    assert await two.owed("http://a") == {"job-2", "job-3"}
+    await two.owe("http://a", set())
+    assert await one.owed("http://a") == set()

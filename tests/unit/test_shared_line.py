@@ -205,3 +205,16 @@ def test_a_backend_with_deletes_owed_asks_for_nothing_until_they_are_made() -> N
     assert core.room() == []
     core.deletes_done("a", ("j0",))
     assert len(core.room()) == 1
+
+
+def test_deletes_owed_by_an_earlier_owner_are_made_when_the_backend_is_up() -> None:
+    core = Scheduler(prefetch=0)
+    core.add_backend("a")
+    core.owe("a", {"j7"})
+    assert core.take_actions() == []  # not up yet
+    core.backend_up("a", inventory("sd.safetensors"))
+    assert core.take_actions() == [act.DeleteOwed("a", ("j7",))]
+    assert core.room() == []
+    core.deletes_done("a", ("j7",))
+    assert core.owed_by("a") == set()
+    assert len(core.room()) == 1

@@ -76,6 +76,7 @@ class Replica:
         self._followers = TaskSet("replica notifications")
         self._stopped = False
         self._returning: set[str] = set()
+        self._owed_recorded: dict[str, set[str]] = {}
         """Jobs let go to the shared line and not yet recorded there."""
         self.waiting_by_caller: dict[str, int] = {}
         """The shared line's jobs by caller, as of the last lease renewal (for metrics)."""
@@ -163,6 +164,10 @@ class Replica:
         waiting = sorted(self._returning)
         urls = sorted(self.owned)
         held: list[str] = []
+        try:
+            await self._record_owed()
+        except JobStoreUnavailable as exc:
+            log.warning("could not record the deletes owed to backends: %s", exc.message)
         for url in urls:
             held += self._disown_jobs(url)
         for job in self.service.let_go(held):
@@ -219,7 +224,7 @@ class Replica:
             for url in sorted(set(urls) - self.owned, key=self._preference):
                 jobs = await self.shared.acquire(url)
                 if jobs is not None:
-                    self._take_over(url, jobs)
+                    self._take_over(url, jobs, await self.shared.owed(url))
                     mine += 1
                     if mine >= share:
                         break
@@ -232,15 +237,26 @@ class Replica:
         for url in sorted(self.draining):
             if not self._jobs_on(url):
                 await self._hand_over(url)
+        await self._record_owed()
+
+    async def _record_owed(self) -> None:
+        """Deletes owed to a backend survive this replica (another may drive it next)."""
+        for url in sorted(self.owned):
+            owed = self.service.core.owed_by(url)
+            if owed != self._owed_recorded.get(url, set()):
+                await self.shared.owe(url, owed)
+                self._owed_recorded[url] = owed
 
     def _preference(self, url: str) -> bytes:
         """Rendezvous order: replicas try different backends first."""
         return hashlib.sha256(f"{self.replica_id}\n{url}".encode()).digest()
 
-    def _take_over(self, url: str, jobs: list[Job]) -> None:
+    def _take_over(self, url: str, jobs: list[Job], owed: set[str]) -> None:
         self.owned.add(url)
+        self._owed_recorded[url] = owed
         core = self.service.core
         core.add_backend(url)
+        core.owe(url, owed)
         for job in jobs:
             self.service.hold(job)
         self.service.fleet.run_actions()
@@ -278,6 +294,7 @@ class Replica:
         return sorted({*self.service.core.disown(url), *storing})
 
     async def _hand_over(self, url: str) -> None:
+        await self._record_owed()
         self._disown(url)
         await self.store.flush()
         await self.shared.release([url])

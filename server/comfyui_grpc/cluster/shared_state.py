@@ -374,6 +374,28 @@ class SharedState:
             )
             await conn.execute("SELECT pg_notify(%s, '')", (LEASES_CHANNEL,))
 
+    async def owe(self, backend: str, job_ids: set[str]) -> None:
+        """Record the prompts ``backend`` may still hold for jobs moved off it
+        (deleted there when it answers again, by whichever replica owns it)."""
+        async with self.store.connection() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM owed_deletes WHERE backend = %s AND NOT (job_id = ANY(%s))",
+                (backend, sorted(job_ids)),
+            )
+            if job_ids:
+                await conn.execute(
+                    "INSERT INTO owed_deletes (backend, job_id) "
+                    "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                    (backend, sorted(job_ids)),
+                )
+
+    async def owed(self, backend: str) -> set[str]:
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT job_id FROM owed_deletes WHERE backend = %s", (backend,)
+            )
+            return {r[0] for r in await cursor.fetchall()}
+
     async def leave(self) -> None:
         """This replica stops: others stop counting it."""
         async with self.store.connection() as conn, conn.transaction():

@@ -447,6 +447,18 @@ class Scheduler:
             self._positions_dirty = True
         return given
 
+    def owe(self, url: str, job_ids: set[str]) -> None:
+        """Prompts ``url`` may still hold for jobs that moved off it (recorded by
+        a replica that drove it before): deleted when it is up."""
+        slot = self._slot(url)
+        slot.owed.update(job_ids)
+        if slot.up and slot.owed:
+            self._emit(act.DeleteOwed(url, tuple(sorted(slot.owed))))
+
+    def owed_by(self, url: str) -> set[str]:
+        slot = self.backends.get(url)
+        return set(slot.owed) if slot is not None else set()
+
     def disown(self, url: str) -> list[str]:
         """Another replica drives ``url`` from now on: forget the backend and
         every job on it, with no action (that replica reconciles them)."""

@@ -137,6 +137,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE callbacks ADD COLUMN holder TEXT NOT NULL DEFAULT '';
         """,
     ),
+    Migration(
+        4,
+        "prompts a backend may still hold after its jobs moved elsewhere",
+        """
+        CREATE TABLE owed_deletes (
+            backend TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            PRIMARY KEY (backend, job_id)
+        );
+        """,
+    ),
 )
 """Append only: a step, once released, is never edited (databases hold it)."""
 
