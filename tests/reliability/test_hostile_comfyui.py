@@ -11,6 +11,7 @@ once ComfyUI behaves), count what it could not use, and exit 0 on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -152,7 +153,18 @@ async def _result(stub: pb_grpc.GenerationServiceStub, job_id: str) -> job_pb2.J
 
 
 async def _normal_job_succeeds(stub: pb_grpc.GenerationServiceStub, after: str) -> None:
-    response = await stub.Generate(_image(f"a normal job after {after}"), timeout=10)
+    request = _image(f"a normal job after {after}")
+    request.request_id = f"normal-after-{after}"
+    # As a client would: UNAVAILABLE is retried (the gateway may notice a
+    # socket fault just after health said SERVING, and reconnects at once).
+    for attempt in range(50):
+        try:
+            response = await stub.Generate(request, timeout=10)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 49:
+                raise
+            await asyncio.sleep(0.2)
     job = await _result(stub, response.job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, (after, job)
     events = stub.StreamProgress(pb.StreamProgressRequest(job_id=job.job_id, after_sequence=0))
