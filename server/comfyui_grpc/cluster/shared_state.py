@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from ..backends.inventory import Needs
@@ -28,8 +28,8 @@ from ..jobs.job import Job
 from ..jobs.records import event_from_json, event_to_json, job_from_json, job_to_json
 from ..scheduler.shared_line import Choice, WaitingRow, next_tags
 from ..state.errors import RequestIdTaken
-from ..state.postgres import PostgresJobStore
-from ..state.store import CallbackRecord
+from ..state.postgres import PostgresJobStore, callback_from_row, with_events
+from ..state.store import TERMINAL_STATES, CallbackRecord
 
 QUEUE_CHANNEL = "comfyui_grpc_queue"
 """NOTIFY channel: a job joined the shared line."""
@@ -37,7 +37,7 @@ LEASES_CHANNEL = "comfyui_grpc_leases"
 """NOTIFY channel: a replica handed backends over or left (renew and rebalance now)."""
 CANCEL_CHANNEL = "comfyui_grpc_cancel"
 """NOTIFY channel: cancel asked for a job another replica holds (payload: job id)."""
-TERMINAL = ["succeeded", "failed", "cancelled"]
+TERMINAL = list(TERMINAL_STATES)
 CALLBACK_COLUMNS = (
     "c.job_id, c.delivery_id, c.url, c.state, c.attempts, c.last_error, c.due_time, "
     "c.next_attempt_time, c.updated"
@@ -421,7 +421,7 @@ class SharedState:
                 (now, now, now, self.replica_id, job_id),
             )
             row = await cursor.fetchone()
-        return None if row is None else _callback(row)
+        return None if row is None else callback_from_row(row)
 
     async def claim_callbacks(self, now: float) -> list[CallbackRecord]:
         async with self.store.connection() as conn, conn.transaction():
@@ -438,7 +438,7 @@ class SharedState:
                 f"RETURNING {CALLBACK_COLUMNS}",
                 {"me": self.replica_id, "now": now, "ended": TERMINAL, "ttl": self.lease_seconds},
             )
-            return [_callback(row) for row in await cursor.fetchall()]
+            return [callback_from_row(row) for row in await cursor.fetchall()]
 
     # -- internals -------------------------------------------------------------------
 
@@ -451,22 +451,9 @@ class SharedState:
         cursor = await conn.execute(
             "SELECT job_id, record, cancel_requested FROM jobs WHERE job_id = ANY(%s)", (ids,)
         )
-        found = await cursor.fetchall()
-        cursor = await conn.execute(
-            "SELECT job_id, record FROM events WHERE job_id = ANY(%s) ORDER BY job_id, sequence",
-            (ids,),
-        )
-        logs: dict[str, list[ev.Event]] = {}
-        for job_id, text in await cursor.fetchall():
-            logs.setdefault(job_id, []).append(event_from_json(job_id, text))
-        jobs = []
-        for job_id, record, cancel in found:
-            job = job_from_json(job_id, record, logs.get(job_id, []), sequence_gap=gap)
-            job.cancel_requested = job.cancel_requested or bool(cancel)
-            jobs.append(job)
+        rows = await cursor.fetchall()
+        jobs = await with_events(conn, rows, sequence_gap=gap)
+        cancel = {row[0] for row in rows if row[2]}
+        for job in jobs:
+            job.cancel_requested = job.cancel_requested or job.job_id in cancel
         return jobs
-
-
-def _callback(row: Sequence[Any]) -> CallbackRecord:
-    names = [f.name for f in fields(CallbackRecord)]
-    return CallbackRecord(**dict(zip(names, row, strict=True)))

@@ -533,18 +533,7 @@ class PostgresJobStore(WriteBehindStore):
         """The jobs ``query`` selects (``job_id, record``) with their event logs."""
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(query, args)
-            found = await cursor.fetchall()
-            if not found:
-                return []
-            cursor = await conn.execute(
-                "SELECT job_id, record FROM events WHERE job_id = ANY(%s) "
-                "ORDER BY job_id, sequence",
-                ([job_id for job_id, _ in found],),
-            )
-            logs: dict[str, list[ev.Event]] = {}
-            for job_id, text in await cursor.fetchall():
-                logs.setdefault(job_id, []).append(event_from_json(job_id, text))
-        return [job_from_json(job_id, record, logs.get(job_id, [])) for job_id, record in found]
+            return await with_events(conn, await cursor.fetchall())
 
     async def unfinished(self) -> list[Job]:
         return await self._jobs(
@@ -574,8 +563,7 @@ class PostgresJobStore(WriteBehindStore):
                 args,
             )
             rows = await cursor.fetchall()
-        names = [f.name for f in fields(CallbackRecord)]
-        return [CallbackRecord(**dict(zip(names, row, strict=True))) for row in rows]
+        return [callback_from_row(row) for row in rows]
 
     async def _put_callback(self, record: CallbackRecord, conflict: LiteralString) -> None:
         async with self._connection() as conn:
@@ -608,6 +596,31 @@ class PostgresJobStore(WriteBehindStore):
         return await self._callbacks(
             "WHERE state = ANY(%s) ORDER BY next_attempt_time", (list(OPEN_CALLBACK_STATES),)
         )
+
+
+async def with_events(
+    conn: Connection, rows: Sequence[tuple[Any, ...]], *, sequence_gap: bool = True
+) -> list[Job]:
+    """The jobs of ``(job_id, record)`` rows, with their event logs (one query)."""
+    if not rows:
+        return []
+    cursor = await conn.execute(
+        "SELECT job_id, record FROM events WHERE job_id = ANY(%s) ORDER BY job_id, sequence",
+        ([row[0] for row in rows],),
+    )
+    logs: dict[str, list[ev.Event]] = {}
+    for job_id, text in await cursor.fetchall():
+        logs.setdefault(job_id, []).append(event_from_json(job_id, text))
+    return [
+        job_from_json(job_id, record, logs.get(job_id, []), sequence_gap=sequence_gap)
+        for job_id, record, *_ in rows
+    ]
+
+
+def callback_from_row(row: Sequence[Any]) -> CallbackRecord:
+    """A ``callbacks`` row, its columns in :class:`CallbackRecord`'s order."""
+    names = [f.name for f in fields(CallbackRecord)]
+    return CallbackRecord(**dict(zip(names, row, strict=True)))
 
 
 def event_news(records: list[tuple[ev.Event, str]]) -> list[str]:
