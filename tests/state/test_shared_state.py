@@ -109,7 +109,7 @@ async def test_concurrent_claims_never_hand_a_job_to_two_replicas(
     first, second = await asyncio.gather(drain(one), drain(two))
     assert not set(first) & set(second)
     assert len(first) + len(second) == 60
-    assert await one.waiting() == 0
+    assert await one.waiting() == (0, 0)
 
 
 async def test_a_job_in_the_line_is_cancelled_once_and_never_claimed(

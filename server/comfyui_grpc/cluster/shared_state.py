@@ -181,16 +181,15 @@ class SharedState:
             )
             await conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
 
-    async def waiting(self, caller: str | None = None) -> int:
+    async def waiting(self, caller: str = "") -> tuple[int, int]:
+        """Jobs in the shared line: all of them, and ``caller``'s."""
         async with self.store.connection() as conn:
-            if caller is None:
-                cursor = await conn.execute("SELECT count(*) FROM jobs WHERE waiting")
-            else:
-                cursor = await conn.execute(
-                    "SELECT count(*) FROM jobs WHERE waiting AND caller = %s", (caller,)
-                )
+            cursor = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE caller = %s) FROM jobs WHERE waiting",
+                (caller,),
+            )
             row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def waiting_by_caller(self) -> dict[str, int]:
         async with self.store.connection() as conn:

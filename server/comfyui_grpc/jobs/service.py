@@ -290,12 +290,7 @@ class JobService:
         (as a mirror) until some replica with room claims it."""
         assert self.replica is not None
         shared = self.replica.shared
-        limit = self.settings.max_queued_jobs_per_caller
-        self._check_room(
-            spec.caller,
-            await shared.waiting(),
-            await shared.waiting(spec.caller) if limit else 0,
-        )
+        self._check_room(spec.caller, *await shared.waiting(spec.caller))
         self._check_runnable(spec, needs)
         job = Job(job_id or str(uuid.uuid4()), spec)
         try:
