@@ -336,7 +336,9 @@ class Job(_message.Message):
     line, in the order jobs will be handed out (callers' turns, priority,
     arrival); once handed to a backend (`backend` set, at most
     `--backend-prefetch` per backend), its place among this gateway's
-    prompts waiting in that ComfyUI's queue.
+    prompts waiting in that ComfyUI's queue. With several gateway replicas,
+    a job in their shared line keeps the place it was given when recorded
+    until a replica takes it.
     """
     backend: _builtins.str
     """The ComfyUI backend the job was handed to (its base URL); empty while it
