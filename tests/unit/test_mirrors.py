@@ -3,6 +3,7 @@ notification itself, anything else read from the store, in order."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from comfyui_grpc.cluster.mirrors import Mirrors
@@ -72,3 +73,20 @@ def test_transitions_gaps_and_big_news_are_read_from_the_store() -> None:
         assert job.log.last_sequence == 2
         assert not job.terminal
     assert len(news(*(step(n, n) for n in range(3, 200)))) <= MAX_NEWS_BYTES
+
+
+def test_malformed_news_is_ignored_and_leaves_the_job_to_its_next_read() -> None:
+    """A notification is a hint: one this replica cannot read (another
+    version's, garbled) must not end the listener that called it."""
+    mirrors = Mirrors(Store())  # type: ignore[arg-type]
+    job = mirrors.add(running_job())
+    unknown = {"sequence": 3, "state": 2, "time": 1.0, "payload": {"type": "no-such-event"}}
+    for payload in (
+        "not json",
+        "[1, 2]",
+        json.dumps({"job": JOB, "events": ["{}"]}),
+        json.dumps({"job": JOB, "events": [json.dumps(unknown)]}),
+    ):
+        mirrors._dirty.clear()
+        mirrors.notified(payload)
+    assert job.log.last_sequence == 2

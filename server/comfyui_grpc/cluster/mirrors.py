@@ -76,21 +76,19 @@ class Mirrors:
         try:
             news = json.loads(payload)
             job_id = str(news["job"])
+            job = self._jobs.get(job_id)
+            if job is None or job.terminal:
+                return
             texts = news.get("events") or []
-        except (ValueError, KeyError, TypeError):
+            events = [event_from_json(job_id, text) for text in texts]
+        except (AttributeError, ValueError, KeyError, TypeError):
             log.warning("ignored a malformed job notification")
             return
-        job = self._jobs.get(job_id)
-        if job is None or job.terminal:
-            return
-        if texts and not self._dirty.intersection((job_id,)):
-            events = [event_from_json(job_id, text) for text in texts]
-            if events[0].sequence == job.log.last_sequence + 1 and all(
-                e.node_level for e in events
-            ):
-                job.follow(None, events)
-                return
-        self.changed(job_id)
+        follows_on = bool(events) and events[0].sequence == job.log.last_sequence + 1
+        if follows_on and job_id not in self._dirty and all(e.node_level for e in events):
+            job.follow(None, events)
+        else:
+            self.changed(job_id)
 
     def changed(self, job_id: str) -> None:
         """The job has news to read from the store."""

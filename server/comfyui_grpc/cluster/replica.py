@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -115,7 +116,7 @@ class Replica:
             self._tasks.spawn(self._give_back(ids), "give jobs back")
 
     async def _give_back(self, job_ids: list[str]) -> None:
-        for attempt in range(50):
+        for attempt in itertools.count(1):  # until it works, or stop() gives them back
             try:
                 await self.store.flush()
                 await self.shared.give_back(job_ids)
@@ -126,7 +127,7 @@ class Replica:
                 # (or, once it is gone, the replica that finds them orphaned).
                 log.warning("could not put %d jobs back in the shared line: %s",
                             len(job_ids), exc.message)  # fmt: skip
-                await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
+                await asyncio.sleep(min(5.0, 0.2 * attempt))
 
     # -- start and stop ------------------------------------------------------------
 
