@@ -18,14 +18,18 @@ GRAPH = {"1": {"class_type": "KSampler", "inputs": {"seed": 1}}}
 
 
 class Store:
-    """Stands in for SharedState: counts the reads a mirror makes."""
+    """Stands in for SharedState: counts the reads a mirror makes and
+    answers them from ``events``."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: list[ev.Event] | None = None) -> None:
         self.reads = 0
+        self.asked: dict[str, int] = {}
+        self.events = events or []
 
     async def news_many(self, after: dict[str, int]) -> dict[str, Any]:
         self.reads += 1
-        return {}
+        self.asked = after
+        return {j: (None, [e for e in self.events if e.sequence > n]) for j, n in after.items()}
 
 
 def running_job() -> Job:
@@ -90,3 +94,31 @@ def test_malformed_news_is_ignored_and_leaves_the_job_to_its_next_read() -> None
         mirrors._dirty.clear()
         mirrors.notified(payload)
     assert job.log.last_sequence == 2
+
+
+def test_a_job_let_go_goes_on_for_the_streams_that_watch_it_beside_the_mirror() -> None:
+    """A replica that follows a job (a mirror) and then holds it has two
+    objects of it; when it lets the held one go, streams opened on that one
+    meanwhile must go on receiving events too."""
+    mirrors = Mirrors(Store())  # type: ignore[arg-type]
+    mirror = mirrors.add(running_job(), fresh=True)
+    held = running_job()
+    watching = held.log.subscribe()
+    assert mirrors.add(held) is mirror  # the mirror stays the one answered with
+    mirrors._dirty.clear()
+    mirrors.notified(news(step(3, 1)))
+    assert [e.sequence for e in watching.drain()] == [3]
+    assert mirror.log.last_sequence == 3
+
+
+async def test_a_read_catches_up_every_object_of_a_job_from_the_oldest() -> None:
+    store = Store([step(3, 1), step(4, 2), step(5, 3)])
+    mirrors = Mirrors(store)  # type: ignore[arg-type]
+    mirror = mirrors.add(running_job(), fresh=True)
+    held = running_job()
+    held.follow(None, [step(3, 1), step(4, 2)])  # it was ahead when let go
+    mirrors.add(held)
+    await mirrors.catch_up({JOB})
+    assert store.asked == {JOB: 2}
+    assert [e.sequence for e in mirror.log.events_after(2)] == [3, 4, 5]
+    assert [e.sequence for e in held.log.events_after(2)] == [3, 4, 5]

@@ -32,7 +32,10 @@ class Mirrors:
     def __init__(self, shared: SharedState, *, refresh_seconds: float = 1.0) -> None:
         self.shared = shared
         self.refresh_seconds = refresh_seconds
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, list[Job]] = {}
+        """Followed jobs by id: the first is the one this replica answers with;
+        others are objects of the same job it held and let go, which streams
+        and waits opened meanwhile still watch."""
         self._used: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -41,22 +44,29 @@ class Mirrors:
         return len(self._jobs)
 
     def get(self, job_id: str) -> Job | None:
-        job = self._jobs.get(job_id)
-        if job is not None:
-            self._used[job_id] = time.monotonic()
-        return job
+        found = self._jobs.get(job_id)
+        if not found:
+            return None
+        self._used[job_id] = time.monotonic()
+        return found[0]
 
     def by_request(self, request_id: str) -> Job | None:
-        return next((j for j in self._jobs.values() if j.spec.request_id == request_id), None)
+        return next(
+            (jobs[0] for jobs in self._jobs.values() if jobs[0].spec.request_id == request_id),
+            None,
+        )
 
     def add(self, job: Job, *, fresh: bool = False) -> Job:
         """Follow ``job`` from now on; ``fresh``: just read or written, no
-        news can be missing (else it is checked for news at once)."""
-        kept = self._jobs.setdefault(job.job_id, job)
+        news can be missing (else it is checked for news at once). Returns
+        the object this replica answers with for the job."""
+        followed = self._jobs.setdefault(job.job_id, [])
+        if not any(j is job for j in followed):
+            followed.append(job)
+            if not job.terminal and not fresh:
+                self.changed(job.job_id)
         self._used[job.job_id] = time.monotonic()
-        if kept is job and not job.terminal and not fresh:
-            self.changed(job.job_id)
-        return kept
+        return followed[0]
 
     async def load(self, job_id: str) -> Job | None:
         """The job as the store has it, followed from now on (None: unknown)."""
@@ -76,17 +86,20 @@ class Mirrors:
         try:
             news = json.loads(payload)
             job_id = str(news["job"])
-            job = self._jobs.get(job_id)
-            if job is None or job.terminal:
+            jobs = [j for j in self._jobs.get(job_id, ()) if not j.terminal]
+            if not jobs:
                 return
             texts = news.get("events") or []
             events = [event_from_json(job_id, text) for text in texts]
         except (AttributeError, ValueError, KeyError, TypeError):
             log.warning("ignored a malformed job notification")
             return
-        follows_on = bool(events) and events[0].sequence == job.log.last_sequence + 1
+        follows_on = bool(events) and all(
+            events[0].sequence == j.log.last_sequence + 1 for j in jobs
+        )
         if follows_on and job_id not in self._dirty and all(e.node_level for e in events):
-            job.follow(None, events)
+            for job in jobs:
+                job.follow(None, events)
         else:
             self.changed(job_id)
 
@@ -106,7 +119,7 @@ class Mirrors:
             woken = await within(self._wake.wait(), self.refresh_seconds)
             self._wake.clear()
             if not woken:
-                self._dirty.update(j for j, job in self._jobs.items() if not job.terminal)
+                self._dirty.update(self._open())
             dirty, self._dirty = self._dirty, set()
             try:
                 await self.catch_up(dirty)
@@ -116,19 +129,29 @@ class Mirrors:
             self._drop_unused()
 
     async def catch_up(self, job_ids: set[str]) -> None:
-        jobs = {j: self._jobs[j] for j in job_ids if j in self._jobs and not self._jobs[j].terminal}
+        open_jobs = self._open()
+        jobs = {j: open_jobs[j] for j in job_ids if j in open_jobs}
         if not jobs:
             return
-        news = await self.shared.news_many({j: job.log.last_sequence for j, job in jobs.items()})
+        after = {j: min(o.log.last_sequence for o in objects) for j, objects in jobs.items()}
+        news = await self.shared.news_many(after)
         for job_id, (record, events) in news.items():
-            jobs[job_id].follow(record, events)
+            for job in jobs[job_id]:
+                job.follow(record, events)
+
+    def _open(self) -> dict[str, list[Job]]:
+        """Every object of a job that may still change, by job id."""
+        found = {j: [o for o in objects if not o.terminal] for j, objects in self._jobs.items()}
+        return {j: objects for j, objects in found.items() if objects}
 
     def _drop_unused(self) -> None:
         now = time.monotonic()
-        for job_id, job in list(self._jobs.items()):
-            if job.log.subscriber_count:
+        for job_id, objects in list(self._jobs.items()):
+            if any(o.log.subscriber_count for o in objects):
                 self._used[job_id] = now
-                continue
-            if job.terminal or now - self._used.get(job_id, now) > IDLE_DROP_SECONDS:
+            elif now - self._used.get(job_id, now) > IDLE_DROP_SECONDS:
+                objects.clear()
+            objects[:] = [o for o in objects if not o.terminal]
+            if not objects:
                 del self._jobs[job_id]
                 self._used.pop(job_id, None)
