@@ -126,3 +126,25 @@ async def serving(
             yield gw, pb_grpc.GenerationServiceStub(channel)
     finally:
         await gw.stop(grace=0)
+
+
+def preview_workflow(
+    steps: int = 4, prefix: str = "pv", seconds_per_step: float = 0.3
+) -> dict[str, object]:
+    """A sampler-like node that sends a preview image with each step."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+        },
+        "2": {
+            "class_type": "TestSlowProgress",
+            "inputs": {
+                "image": ["1", 0],
+                "steps": steps,
+                "seconds_per_step": seconds_per_step,
+                "send_preview": True,
+            },
+        },
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }

@@ -24,29 +24,17 @@ from comfyui_grpc.v1 import generation_service_pb2_grpc as pb_grpc
 from PIL import Image
 from testkit import gateway_settings
 
-from .helpers import collect, event_kind, field_violations, small_image, workflow_request
+from .helpers import (
+    collect,
+    event_kind,
+    field_violations,
+    preview_workflow,
+    small_image,
+    workflow_request,
+)
 
-STEPS, STEP_SECONDS, FPS = 4, 0.3, 10.0
-"""Steps 0.3 s apart at 10 fps (0.1 s): each step's preview must get through."""
-
-
-def preview_workflow(steps: int = STEPS, prefix: str = "pv") -> dict[str, object]:
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
-        },
-        "2": {
-            "class_type": "TestSlowProgress",
-            "inputs": {
-                "image": ["1", 0],
-                "steps": steps,
-                "seconds_per_step": STEP_SECONDS,
-                "send_preview": True,
-            },
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
+STEPS, FPS = 4, 10.0
+"""Steps 0.3 s apart (see preview_workflow) at 10 fps (0.1 s): each step's preview must get through."""
 
 
 @pytest.fixture(params=["type4", "type1"])

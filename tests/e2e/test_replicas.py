@@ -26,7 +26,7 @@ from support.callback_receiver import CallbackReceiver
 from support.gateway_process import GatewayProcess
 from support.postgres import PostgresServer
 
-from .helpers import event_kind, slow_workflow, small_image, workflow_request
+from .helpers import event_kind, preview_workflow, slow_workflow, small_image, workflow_request
 
 LEASE_SECONDS = 2.0
 
@@ -86,6 +86,14 @@ async def two_simulators(tmp_path: Path) -> AsyncIterator[list[Simulator]]:
     finally:
         for sim in sims:
             await sim.stop()
+
+
+async def holder_of(url: str, job_id: str) -> str:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute("SELECT holder FROM jobs WHERE job_id = %s", (job_id,))
+        row = await cursor.fetchone()
+        assert row is not None
+        return str(row[0])
 
 
 async def read_artifact(stub: pb_grpc.GenerationServiceStub, job_id: str, name: str) -> bytes:
@@ -335,3 +343,70 @@ async def test_fair_share_and_caller_limits_hold_across_replicas(
         assert await first.wait() == 0
         assert await second.wait() == 0
     assert simulator.submitted_prompt_ids[:3] == [blocker.job_id, theirs.job_id, mine[0]]
+
+
+async def test_previews_reach_streams_on_every_replica(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Only the holder's socket hears a job's previews; a stream asking for
+    them on the other replica gets them relayed through the database."""
+    sims = [
+        Simulator(output_dir=tmp_path / f"comfyui-{i}", step_seconds=0.01, preview_method="auto")
+        for i in range(2)
+    ]
+    for sim in sims:
+        await sim.start(host="127.0.0.1", port=0)
+    url = postgres_server.url(postgres_server.create_database())
+    url_file = tmp_path / "state-url"
+    url_file.write_text(url + "\n")
+    log = tmp_path / "replicas.log"
+    urls = [sim.url for sim in sims]
+    processes = [replica(urls, tmp_path, url_file, f"replica-{n}", log) for n in (1, 2)]
+    for process in processes:
+        await process.start()
+    try:
+        await until_spread(url, backends=2, replicas=2)
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") for p in processes]
+        stubs = [pb_grpc.GenerationServiceStub(channel) for channel in channels]
+        steps = 8
+        job = await stubs[0].Generate(
+            workflow_request(preview_workflow(steps=steps, prefix="relayed")), timeout=10
+        )
+
+        async def follow(stub: pb_grpc.GenerationServiceStub) -> list[pb.ProgressEvent]:
+            request = pb.StreamProgressRequest(
+                job_id=job.job_id, after_sequence=0, include_previews=True, preview_max_fps=10
+            )
+            return [e async for e in stub.StreamProgress(request, timeout=60)]
+
+        streams = await asyncio.gather(*(follow(stub) for stub in stubs))
+        for channel in channels:
+            await channel.close()
+        holder = await holder_of(url, job.job_id)
+        assert holder in {"replica-1", "replica-2"}
+        events = []
+        for name, stream in zip(("replica-1", "replica-2"), streams, strict=True):
+            assert event_kind(stream[-1]) == "succeeded"
+            previews = [e.preview for e in stream if event_kind(e) == "preview"]
+            # Steps 0.3 s apart: the relay (at most 0.1 s behind) carries most of them.
+            steps_seen = {p.value for p in previews}
+            assert len(steps_seen) >= steps // 2, (name, holder, steps_seen)
+            for preview in previews:
+                assert (preview.node_id, preview.class_type, preview.max) == (
+                    "2",
+                    "TestSlowProgress",
+                    steps,
+                )
+                assert preview.content_type == "image/jpeg"
+                assert preview.image.startswith(b"\xff\xd8")
+            events.append(
+                [(e.sequence, event_kind(e)) for e in stream[1:] if event_kind(e) != "preview"]
+            )
+        assert events[0] == events[1]
+    finally:
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        codes = [await process.wait() for process in processes]
+        for sim in sims:
+            await sim.stop()
+    assert codes == [0, 0]

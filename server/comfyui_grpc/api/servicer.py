@@ -241,7 +241,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         yield convert.event(event)
                     return
                 merged = with_previews(subscription, job.preview, 1.0 / fps)
-                async with contextlib.aclosing(merged):
+                async with self.service.previews_of(job), contextlib.aclosing(merged):
                     async for item in merged:
                         if isinstance(item, NodePreview):
                             yield convert.preview(job, item)

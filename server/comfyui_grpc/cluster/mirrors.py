@@ -50,6 +50,10 @@ class Mirrors:
         self._used[job_id] = time.monotonic()
         return found[0]
 
+    def all_of(self, job_id: str) -> list[Job]:
+        """Every object of the job followed here (usually one)."""
+        return list(self._jobs.get(job_id, ()))
+
     def by_request(self, request_id: str) -> Job | None:
         return next(
             (jobs[0] for jobs in self._jobs.values() if jobs[0].spec.request_id == request_id),

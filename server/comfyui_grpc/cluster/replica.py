@@ -38,6 +38,7 @@ from ..state.postgres import EVENTS_CHANNEL, PostgresJobStore
 from ..tasks import TaskSet, within
 from .mirrors import Mirrors
 from .notifications import Notifications
+from .previews import PREVIEWS_CHANNEL, WATCH_CHANNEL, PreviewRelay
 from .shared_state import CANCEL_CHANNEL, LEASES_CHANNEL, QUEUE_CHANNEL, SharedState
 
 if TYPE_CHECKING:
@@ -82,6 +83,13 @@ class Replica:
         self.waiting_by_caller: dict[str, int] = {}
         """The shared line's jobs by caller, as of the last lease renewal (for metrics)."""
         self._lease_wake = asyncio.Event()
+        self.previews = PreviewRelay(
+            store,
+            replica_id,
+            held=service.registry.get,
+            followed=self.mirrors.all_of,
+            lease_seconds=lease_seconds,
+        )
         self.notifications = Notifications(
             lambda: store.url,
             {
@@ -89,6 +97,8 @@ class Replica:
                 EVENTS_CHANNEL: self.mirrors.notified,
                 CANCEL_CHANNEL: self._cancel_asked,
                 LEASES_CHANNEL: lambda _: self._lease_wake.set(),
+                PREVIEWS_CHANNEL: self.previews.published,
+                WATCH_CHANNEL: self.previews.watch_asked,
             },
             on_connect=self._reconnected,
             scrub=store.scrub,
@@ -139,6 +149,7 @@ class Replica:
         # Followers run until close: streams here go on after the backends are handed over.
         self._followers.spawn_supervised(self.notifications.run, "replica notifications")
         self._followers.spawn_supervised(self.mirrors.run, "jobs held elsewhere")
+        self.previews.start()
         log.info(
             "replica %s of a shared job store: drives %s",
             self.replica_id,
@@ -189,6 +200,7 @@ class Replica:
     async def close(self) -> None:
         """Stop following jobs held elsewhere (after :meth:`stop`)."""
         await self.stop()
+        await self.previews.close()
         await self._followers.close()
 
     # -- leases --------------------------------------------------------------------
@@ -239,6 +251,7 @@ class Replica:
             if not self._jobs_on(url):
                 await self._hand_over(url)
         await self._record_owed()
+        await self.previews.refresh()
 
     async def _record_owed(self) -> None:
         """Deletes owed to a backend survive this replica (another may drive it next)."""
@@ -261,6 +274,7 @@ class Replica:
         for job in jobs:
             self.service.hold(job)
         self.service.fleet.run_actions()
+        self.previews.held_now([j.job_id for j in jobs])
         log.info("drives ComfyUI at %s now (%d open jobs to reconcile)", url, len(jobs))
         backend = self.pool.get(url)
         if backend is not None and backend.healthy and backend.inventory is not None:
@@ -325,6 +339,7 @@ class Replica:
         for job in jobs:
             self.service.hold(job)
         self.service.fleet.run_actions()
+        self.previews.held_now([j.job_id for j in jobs])
         return bool(jobs)
 
     # -- notifications ---------------------------------------------------------------

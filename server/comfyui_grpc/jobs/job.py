@@ -309,6 +309,7 @@ class Job:
             if event.terminal:
                 self.end_time = event.time
                 self.queue_position = 0
+                self.preview.clear()
                 if event.state is JobState.SUCCEEDED:
                     self.tracker.complete()
                 self._done.set()

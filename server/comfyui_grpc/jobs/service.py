@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +42,7 @@ from .validation_errors import violations_from_comfyui
 
 if TYPE_CHECKING:
     from ..cluster.mirrors import Mirrors
+    from ..cluster.previews import PreviewRelay
     from ..cluster.shared_state import SharedState
     from ..scheduler.executor import SharedFleet
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
         shared: SharedState
         mirrors: Mirrors
+        previews: PreviewRelay
 
         async def start(self) -> None: ...
 
@@ -405,6 +408,16 @@ class JobService:
             raise Unavailable(
                 f"the artifact store failed: {exc}", reason="STORE_UNAVAILABLE"
             ) from exc
+
+    @asynccontextmanager
+    async def previews_of(self, job: Job) -> AsyncIterator[None]:
+        """While open, ``job``'s previews reach its :attr:`Job.preview` here,
+        also when another replica holds it (they come through the database)."""
+        if self.replica is None or job.terminal or self.registry.get(job.job_id) is job:
+            yield  # this replica's own socket delivers them
+            return
+        async with self.replica.previews.watching(job.job_id):
+            yield
 
     async def wait(self, job: Job, timeout: float) -> Job:
         if not job.terminal and timeout > 0:

@@ -148,6 +148,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "preview images relayed to replicas that stream a job held elsewhere",
+        """
+        CREATE UNLOGGED TABLE preview_watchers (
+            job_id TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            PRIMARY KEY (job_id, replica)
+        );
+        CREATE UNLOGGED TABLE job_previews (
+            job_id TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            node_id TEXT NOT NULL,
+            class_type TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            image BYTEA NOT NULL,
+            value INTEGER NOT NULL,
+            max INTEGER NOT NULL
+        );
+        """,
+    ),
 )
 """Append only: a step, once released, is never edited (databases hold it)."""
 
