@@ -254,6 +254,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "            await asyncio.sleep(SHARED_SWEEP_SECONDS)\n            continue\n",
         (f"{REPLICAS}::test_a_pending_callback_survives_the_replica_that_held_it",),
     ),
+    Mutant(
+        "let-go-job-not-followed",
+        f"{SERVER}/cluster/mirrors.py",
+        "        if not any(j is job for j in followed):\n",
+        "        if not followed:\n",
+        ("tests/unit/test_mirrors.py",),
+    ),
+    Mutant(
+        "previews-stay-on-the-holder",
+        f"{SERVER}/cluster/previews.py",
+        "        if not rows:\n            return\n",
+        "        return\n",
+        (f"{REPLICAS}::test_previews_reach_streams_on_every_replica",),
+    ),
 )
 
 
