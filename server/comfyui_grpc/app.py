@@ -40,7 +40,7 @@ from .observability.metrics_server import MetricsServer
 from .redact import redact_database_url, redact_url
 from .state import open_job_store
 from .state.postgres import PostgresJobStore
-from .storage import ArtifactStore, make_store
+from .storage import ArtifactStore, LocalArtifactStore, make_store
 from .tasks import TaskSet
 from .v1 import generation_service_pb2, generation_service_pb2_grpc
 from .workflows.template_library import TemplateLibrary
@@ -192,6 +192,13 @@ class Gateway:
             if settings.port
             else f"{socket.gethostname()}:pid{os.getpid()}"
         )
+        if isinstance(self.store, LocalArtifactStore):
+            log.warning(
+                "job records are shared (--state-url) but artifacts go to the local directory "
+                "%s: other replicas can serve them only if they share it; "
+                "give replicas on several hosts one S3 bucket",
+                self.store.root,
+            )
         # Streams on other replicas follow this one's writes: write them soon.
         job_store.flush_interval = min(job_store.flush_interval, REPLICA_FLUSH_SECONDS)
         job_store.holder = replica_id

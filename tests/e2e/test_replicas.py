@@ -410,3 +410,5 @@ async def test_previews_reach_streams_on_every_replica(
         for sim in sims:
             await sim.stop()
     assert codes == [0, 0]
+    # Both share one local artifact directory here; replicas on several hosts would not.
+    assert log.read_text().count("other replicas can serve them only if they share it") == 2
