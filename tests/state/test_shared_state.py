@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from comfyui_grpc.backends.inventory import needs_of
 from comfyui_grpc.cluster.shared_state import SharedState
+from comfyui_grpc.jobs import events as ev
 from comfyui_grpc.jobs.job import Job, JobSpec
 from comfyui_grpc.jobs.model import JobKind
+from comfyui_grpc.jobs.records import job_from_json
 from comfyui_grpc.scheduler.shared_line import choose
 from comfyui_grpc.state.errors import JobMovedAway
 from comfyui_grpc.state.postgres import PostgresJobStore
@@ -109,7 +111,7 @@ async def test_concurrent_claims_never_hand_a_job_to_two_replicas(
     first, second = await asyncio.gather(drain(one), drain(two))
     assert not set(first) & set(second)
     assert len(first) + len(second) == 60
-    assert await one.waiting() == (0, 0)
+    assert await one.waiting_by_caller() == {}
 
 
 async def test_a_job_in_the_line_is_cancelled_once_and_never_claimed(
@@ -152,3 +154,45 @@ async def test_deletes_owed_to_a_backend_outlive_the_replica_that_owed_them(
     assert await two.owed("http://a") == {"job-2", "job-3"}
     await two.owe("http://a", set())
     assert await one.owed("http://a") == set()
+
+
+async def test_news_of_a_job_is_its_record_and_events_as_of_one_moment(
+    replicas: list[SharedState],
+) -> None:
+    """A follower rebuilds a job from its record and events: read apart, the
+    record could be older than the events (the holder committed between the
+    two reads) and a job would hold its terminal event but not its end."""
+    one, two = replicas
+    j = job(3)
+    await one.enqueue(j, needs_of(GRAPH))
+    _, [held] = await one.claim(lambda rows: choose(rows, lambda _: True, 1))
+    one.store.track(held)
+    held.started()
+    held.node_started("1")
+    await one.store.save_now(held)
+    done = asyncio.Event()
+
+    async def write() -> None:
+        for step in range(1, 301):
+            held.attempts = step  # in the record only
+            held.node_progress("1", step, 1000)  # in the events only
+            await one.store.save_now(held)
+        done.set()
+
+    def last_step(events: list[ev.Event]) -> int:
+        steps = [e.payload.value for e in events if isinstance(e.payload, ev.NodeProgressed)]
+        return steps[-1] if steps else 0
+
+    async def read() -> int:
+        checked = 0
+        while not done.is_set():
+            for record, events in (await two.news_many({j.job_id: 0})).values():
+                assert record.attempts == last_step(events)
+            found = await two.news(j.job_id, 0)
+            assert found is not None
+            assert job_from_json(j.job_id, *found).attempts == last_step(found[1])
+            checked += 1
+        return checked
+
+    _, checked = await asyncio.gather(write(), read())
+    assert checked > 10

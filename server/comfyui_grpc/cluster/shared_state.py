@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,35 +72,58 @@ class SharedState:
 
     # -- the shared line ---------------------------------------------------------
 
-    async def enqueue(self, job: Job, needs: Needs) -> int:
+    async def enqueue(
+        self, job: Job, needs: Needs, room: Callable[[int, int], None] | None = None
+    ) -> int:
         """Record a new job in the shared line with its first event (QUEUED at
-        its place, which is returned); raises :class:`RequestIdTaken`."""
+        its place, which is returned); raises :class:`RequestIdTaken`.
+
+        ``room(waiting, callers_waiting)`` sees the line as the job would
+        join it and may raise to refuse the job (nothing is written then).
+        Few round trips: the caller's fair-share row stays locked from the
+        first statement to the commit, so this is how long one caller's
+        Generates wait for each other.
+        """
         spec = job.spec
         async with self.store.connection() as conn, conn.transaction():
-            cursor = await conn.execute("SELECT now FROM fair_clock")
-            row = await cursor.fetchone()
-            clock = float(row[0]) if row else 0.0
             cursor = await conn.execute(
-                "SELECT finish FROM fair_share WHERE caller = %s FOR UPDATE", (spec.caller,)
+                "SELECT (SELECT now FROM fair_clock), "
+                "(SELECT finish FROM fair_share WHERE caller = %(caller)s FOR UPDATE), "
+                "count(*), count(*) FILTER (WHERE caller = %(caller)s) FROM jobs WHERE waiting",
+                {"caller": spec.caller},
             )
-            found = await cursor.fetchone()
-            start, finish = next_tags(clock, None if found is None else float(found[0]))
+            row = await cursor.fetchone()
+            assert row is not None  # an aggregate always has its row
+            clock, last_finish, waiting, mine = row
+            if room is not None:
+                room(int(waiting), int(mine))
+            start, finish = next_tags(
+                float(clock or 0.0), None if last_finish is None else float(last_finish)
+            )
             cursor = await conn.execute(
-                "INSERT INTO jobs (job_id, request_id, state, updated, record, holder, waiting, "
-                "caller, high, fair_tag, needs, backend) "
-                "VALUES (%s, %s, %s, %s, %s, '', true, %s, %s, %s, %s, '') "
-                "ON CONFLICT DO NOTHING RETURNING seq",
-                (
-                    job.job_id,
-                    spec.request_id,
-                    job.state.value,
-                    time.time(),
-                    job_to_json(job),
-                    spec.caller,
-                    spec.front,
-                    start,
-                    needs_to_json(needs),
-                ),
+                "WITH job AS (INSERT INTO jobs (job_id, request_id, state, updated, record, "
+                "holder, waiting, caller, high, fair_tag, needs, backend) "
+                "VALUES (%(job_id)s, %(request_id)s, %(state)s, %(updated)s, %(record)s, '', "
+                "true, %(caller)s, %(high)s, %(start)s, %(needs)s, '') "
+                "ON CONFLICT DO NOTHING RETURNING seq), "
+                "share AS (INSERT INTO fair_share (caller, finish) "
+                "SELECT %(caller)s, %(finish)s FROM job "
+                "ON CONFLICT (caller) DO UPDATE SET finish = excluded.finish) "
+                # The statement's snapshot does not hold the new row: it is the one more.
+                "SELECT 1 + (SELECT count(*) FROM jobs WHERE waiting AND fair_tag <= %(start)s) "
+                "FROM job",
+                {
+                    "job_id": job.job_id,
+                    "request_id": spec.request_id,
+                    "state": job.state.value,
+                    "updated": time.time(),
+                    "record": job_to_json(job),
+                    "caller": spec.caller,
+                    "high": spec.front,
+                    "start": start,
+                    "finish": finish,
+                    "needs": needs_to_json(needs),
+                },
             )
             inserted = await cursor.fetchone()
             if inserted is None:
@@ -109,24 +132,14 @@ class SharedState:
                 )
                 owner = await taken.fetchone()
                 raise RequestIdTaken(spec.request_id, job.job_id if owner is None else owner[0])
-            await conn.execute(
-                "INSERT INTO fair_share (caller, finish) VALUES (%s, %s) "
-                "ON CONFLICT (caller) DO UPDATE SET finish = excluded.finish",
-                (spec.caller, finish),
-            )
-            cursor = await conn.execute(
-                "SELECT count(*) FROM jobs WHERE waiting AND (fair_tag, seq) <= (%s, %s)",
-                (start, inserted[0]),
-            )
-            ahead = await cursor.fetchone()
-            position = int(ahead[0]) if ahead else 1
+            position = int(inserted[0])
             job.queued(position, "")
             first = next(iter(job.log))
             await conn.execute(
-                "INSERT INTO events (job_id, sequence, record) VALUES (%s, %s, %s)",
-                (first.job_id, first.sequence, event_to_json(first)),
+                "WITH event AS (INSERT INTO events (job_id, sequence, record) "
+                "VALUES (%s, %s, %s)) SELECT pg_notify(%s, %s)",
+                (first.job_id, first.sequence, event_to_json(first), QUEUE_CHANNEL, job.job_id),
             )
-            await conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, job.job_id))
         return position
 
     async def claim(self, choose: Any, window: int = 64) -> tuple[Choice, list[Job]]:
@@ -181,16 +194,6 @@ class SharedState:
             )
             await conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
 
-    async def waiting(self, caller: str = "") -> tuple[int, int]:
-        """Jobs in the shared line: all of them, and ``caller``'s."""
-        async with self.store.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE caller = %s) FROM jobs WHERE waiting",
-                (caller,),
-            )
-            row = await cursor.fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
-
     async def waiting_by_caller(self) -> dict[str, int]:
         async with self.store.connection() as conn:
             cursor = await conn.execute(
@@ -232,43 +235,44 @@ class SharedState:
     # -- following jobs held elsewhere ---------------------------------------------
 
     async def news(self, job_id: str, after_sequence: int) -> tuple[str, list[ev.Event]] | None:
-        """The job's record (JSON) and its events after ``after_sequence``."""
-        async with self.store.connection() as conn, conn.transaction():
-            cursor = await conn.execute("SELECT record FROM jobs WHERE job_id = %s", (job_id,))
-            row = await cursor.fetchone()
-            if row is None:
-                return None
+        """The job's record (JSON) and its events after ``after_sequence``.
+
+        One statement, so one snapshot: a record read apart from its events
+        could be older than them (the holder committed in between), and a
+        job rebuilt from both would hold its terminal event but not its end.
+        """
+        async with self.store.connection() as conn:
             cursor = await conn.execute(
-                "SELECT record FROM events WHERE job_id = %s AND sequence > %s ORDER BY sequence",
-                (job_id, after_sequence),
+                "SELECT j.record, ARRAY(SELECT e.record FROM events e WHERE e.job_id = j.job_id "
+                "AND e.sequence > %s ORDER BY e.sequence) FROM jobs j WHERE j.job_id = %s",
+                (after_sequence, job_id),
             )
-            events = [event_from_json(job_id, r[0]) for r in await cursor.fetchall()]
-        return str(row[0]), events
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return str(row[0]), [event_from_json(job_id, text) for text in row[1]]
 
     async def news_many(self, after: dict[str, int]) -> dict[str, tuple[Job, list[ev.Event]]]:
-        """For each job, its record and its events after the given sequence; one round trip."""
+        """For each job with new events, its record and its events after the
+        given sequence: one statement (one snapshot, see :meth:`news`), and
+        jobs without new events (most, when polling) cost no record read."""
         ids, sequences = list(after), [after[j] for j in after]
         async with self.store.connection() as conn:
-            # Events first: a record changes with an event, so jobs without
-            # new events (most, when polling) cost no record read.
             cursor = await conn.execute(
-                "SELECT e.job_id, e.record FROM events e "
-                "JOIN unnest(%s::text[], %s::bigint[]) AS w(job_id, after) "
-                "ON e.job_id = w.job_id AND e.sequence > w.after ORDER BY e.job_id, e.sequence",
+                "SELECT w.job_id, j.record, e.records "
+                "FROM unnest(%s::text[], %s::bigint[]) AS w(job_id, after) "
+                "CROSS JOIN LATERAL (SELECT array_agg(e.record ORDER BY e.sequence) AS records "
+                "FROM events e WHERE e.job_id = w.job_id AND e.sequence > w.after) e "
+                "JOIN jobs j ON j.job_id = w.job_id WHERE e.records IS NOT NULL",
                 (ids, sequences),
             )
-            events: dict[str, list[ev.Event]] = {}
-            for job_id, text in await cursor.fetchall():
-                events.setdefault(job_id, []).append(event_from_json(job_id, text))
-            if not events:
-                return {}
-            cursor = await conn.execute(
-                "SELECT job_id, record FROM jobs WHERE job_id = ANY(%s)", (list(events),)
-            )
-            records = {r[0]: r[1] for r in await cursor.fetchall()}
+            rows = await cursor.fetchall()
         return {
-            job_id: (job_from_json(job_id, text, [], sequence_gap=False), events[job_id])
-            for job_id, text in records.items()
+            job_id: (
+                job_from_json(job_id, record, [], sequence_gap=False),
+                [event_from_json(job_id, text) for text in texts],
+            )
+            for job_id, record, texts in rows
         }
 
     async def listed(self, states: list[str], max_finished: int) -> list[Job]:

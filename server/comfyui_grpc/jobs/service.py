@@ -293,11 +293,12 @@ class JobService:
         (as a mirror) until some replica with room claims it."""
         assert self.replica is not None
         shared = self.replica.shared
-        self._check_room(spec.caller, *await shared.waiting(spec.caller))
         self._check_runnable(spec, needs)
         job = Job(job_id or str(uuid.uuid4()), spec)
         try:
-            await shared.enqueue(job, needs)
+            await shared.enqueue(
+                job, needs, lambda waiting, mine: self._check_room(spec.caller, waiting, mine)
+            )
         except RequestIdTaken:
             # Another replica recorded this request_id a moment ago: that job is the answer.
             found = await self._by_request_shared(spec.request_id)
