@@ -78,11 +78,11 @@ class PreviewRelay:
         """While open, the holder of ``job_id`` relays its previews here."""
         count = self._wanted.get(job_id, 0)
         self._wanted[job_id] = count + 1
-        if count == 0:
-            await self._say_watching(job_id, True)
-            self._to_read.add(job_id)  # the preview already there, at once
-            self._wake.set()
         try:
+            if count == 0:
+                await self._say_watching(job_id, True)
+                self._to_read.add(job_id)  # the preview already there, at once
+                self._wake.set()
             yield
         finally:
             count = self._wanted.pop(job_id) - 1
