@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import time
@@ -41,8 +42,8 @@ from support.postgres import PostgresServer
 REPLICAS = 2
 LEASE_SECONDS = 2.0
 CALLERS = 8
-ROUNDS = 1
-"""Each replica is restarted this many times, one after the other."""
+ROUNDS = int(os.environ.get("ROLLING_ROUNDS", "1"))
+"""Each replica is restarted this many times, one after the other (``ROLLING_ROUNDS``)."""
 
 
 async def lease_owners(url: str) -> dict[str, str]:
