@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -294,6 +295,45 @@ async def test_writes_made_while_the_database_is_down_land_when_it_is_back(
         if store is not None:
             await store.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_batch_writes_each_record_as_of_its_events(postgres_url: str) -> None:
+    """A record serialised after the batch's events were taken could be newer
+    than them: a replica following the job would rebuild it ended without its
+    terminal event. A change made while a batch is written goes in the next."""
+    store = PostgresJobStore(postgres_url, flush_interval_seconds=3600)
+    await store.open()
+    try:
+        job = _job(FIRST)
+        store.track(job)
+        await store.save_now(job)
+        real_write = store._write
+        taken, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(*args: Any) -> set[str]:
+            taken.set()
+            await release.wait()  # waits for a connection, say
+            return await real_write(*args)
+
+        store._write = slow  # type: ignore[method-assign]
+        job.queued(3, "")
+        first = asyncio.create_task(store.flush())
+        await taken.wait()
+        job.started()  # after the batch was taken
+        release.set()
+        await first
+        [(state, record)] = await _rows(
+            postgres_url, f"SELECT state, record FROM jobs WHERE job_id = '{FIRST}'"
+        )
+        events = await _rows(
+            postgres_url,
+            f"SELECT record FROM events WHERE job_id = '{FIRST}' ORDER BY sequence",
+        )
+        assert state == JobState.QUEUED.value
+        assert json.loads(record)["state"] == JobState.QUEUED.value
+        assert json.loads(events[-1][0])["state"] == JobState.QUEUED.value
+    finally:
+        await store.close()
 
 
 async def test_flushes_land_in_order_a_later_record_is_never_overwritten(

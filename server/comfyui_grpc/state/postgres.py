@@ -215,6 +215,21 @@ async def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS
     return done
 
 
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job's row as of one moment (what a batch writes)."""
+
+    job_id: str
+    request_id: str
+    state: str
+    backend: str
+    record: str
+
+    @classmethod
+    def of(cls, job: Job) -> JobRecord:
+        return cls(job.job_id, job.spec.request_id, job.state.value, job.backend, job_to_json(job))
+
+
 class PostgresJobStore(WriteBehindStore):
     """:class:`JobStore` in a PostgreSQL database named by a URL (or a file holding it)."""
 
@@ -404,8 +419,12 @@ class PostgresJobStore(WriteBehindStore):
             return set()
         jobs, events = self._dirty, self._events
         self._dirty, self._events = {}, []
+        # Records as of this moment, beside exactly the events up to it: one
+        # serialised after an await could be newer than the batch's events
+        # (a reader would see a job ended whose terminal event is not there).
+        records = [JobRecord.of(job) for job in jobs.values()]
         try:
-            refused = await self._write(list(jobs.values()), events)
+            refused = await self._write(records, [(e, event_to_json(e)) for e in events])
         except BaseException:
             for job_id, job in jobs.items():
                 self._dirty.setdefault(job_id, job)
@@ -413,11 +432,11 @@ class PostgresJobStore(WriteBehindStore):
             raise
         return refused
 
-    async def _write(self, jobs: list[Job], events: list[ev.Event]) -> set[str]:
+    async def _write(self, jobs: list[JobRecord], events: list[tuple[ev.Event, str]]) -> set[str]:
         if self.holder:
             return await self._write_held(jobs, events)
         now = time.time()
-        rows = [(j.job_id, j.spec.request_id, j.state.value, now, job_to_json(j)) for j in jobs]
+        rows = [(j.job_id, j.request_id, j.state, now, j.record) for j in jobs]
         written: set[str] = set()
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
             if rows:
@@ -447,13 +466,15 @@ class PostgresJobStore(WriteBehindStore):
                     "WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = %(job)s) "
                     "ON CONFLICT (job_id, sequence) DO UPDATE SET record = excluded.record",
                     [
-                        {"job": e.job_id, "sequence": e.sequence, "record": event_to_json(e)}
-                        for e in events
+                        {"job": e.job_id, "sequence": e.sequence, "record": text}
+                        for e, text in events
                     ],
                 )
         return {row[0] for row in rows} - written
 
-    async def _write_held(self, jobs: list[Job], events: list[ev.Event]) -> set[str]:
+    async def _write_held(
+        self, jobs: list[JobRecord], events: list[tuple[ev.Event, str]]
+    ) -> set[str]:
         """Write the jobs this replica holds (a job another replica has taken
         over is left alone: its id is returned), with their events, and tell
         the other replicas which jobs have news."""
@@ -465,15 +486,11 @@ class PostgresJobStore(WriteBehindStore):
                 await cursor.executemany(
                     "UPDATE jobs SET state = %s, updated = %s, record = %s, backend = %s "
                     "WHERE job_id = %s AND holder = %s RETURNING job_id",
-                    [
-                        (j.state.value, now, job_to_json(j), j.backend, j.job_id, holder)
-                        for j in jobs
-                    ],
+                    [(j.state, now, j.record, j.backend, j.job_id, holder) for j in jobs],
                     returning=True,
                 )
                 written |= await _returned(cursor)
             if events:
-                records = [(e, event_to_json(e)) for e in events]
                 await cursor.executemany(
                     "INSERT INTO events (job_id, sequence, record) "
                     "SELECT %(job)s, %(sequence)s, %(record)s "
@@ -481,12 +498,12 @@ class PostgresJobStore(WriteBehindStore):
                     "ON CONFLICT (job_id, sequence) DO NOTHING",
                     [
                         {"job": e.job_id, "sequence": e.sequence, "record": text}
-                        for e, text in records
+                        for e, text in events
                     ],
                 )
                 await cursor.execute(
                     "SELECT pg_notify(%s, news) FROM unnest(%s::text[]) AS news",
-                    (EVENTS_CHANNEL, event_news(records)),
+                    (EVENTS_CHANNEL, event_news(events)),
                 )
         return {j.job_id for j in jobs} - written
 
