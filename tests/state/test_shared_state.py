@@ -12,7 +12,7 @@ from comfyui_grpc.backends.inventory import needs_of
 from comfyui_grpc.cluster.shared_state import SharedState
 from comfyui_grpc.jobs import events as ev
 from comfyui_grpc.jobs.job import Job, JobSpec
-from comfyui_grpc.jobs.model import JobKind
+from comfyui_grpc.jobs.model import JobKind, JobState
 from comfyui_grpc.jobs.records import job_from_json
 from comfyui_grpc.scheduler.shared_line import choose
 from comfyui_grpc.state.errors import JobMovedAway
@@ -91,6 +91,12 @@ async def test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_hold
     held.attempts += 1
     with pytest.raises(JobMovedAway):
         await one.store.save_now(held)
+    # Nor add events to it: the new holder's followers would stream them.
+    held.started()
+    await one.store.flush()
+    found = await two.news(j.job_id, 0)
+    assert found is not None
+    assert [e.state for e in found[1]] == [JobState.QUEUED]
 
 
 async def test_concurrent_claims_never_hand_a_job_to_two_replicas(

@@ -491,15 +491,19 @@ class PostgresJobStore(WriteBehindStore):
                 )
                 written |= await _returned(cursor)
             if events:
+                # Events are fenced like records: a job another replica took
+                # over gets none from this one (nor do its followers hear of them).
+                await cursor.execute(
+                    "SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND holder = %s FOR SHARE",
+                    (sorted({e.job_id for e, _ in events}), holder),
+                )
+                held = {row[0] for row in await cursor.fetchall()}
+                events = [(e, text) for e, text in events if e.job_id in held]
+            if events:
                 await cursor.executemany(
-                    "INSERT INTO events (job_id, sequence, record) "
-                    "SELECT %(job)s, %(sequence)s, %(record)s "
-                    "WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = %(job)s) "
+                    "INSERT INTO events (job_id, sequence, record) VALUES (%s, %s, %s) "
                     "ON CONFLICT (job_id, sequence) DO NOTHING",
-                    [
-                        {"job": e.job_id, "sequence": e.sequence, "record": text}
-                        for e, text in events
-                    ],
+                    [(e.job_id, e.sequence, text) for e, text in events],
                 )
                 await cursor.execute(
                     "SELECT pg_notify(%s, news) FROM unnest(%s::text[]) AS news",
