@@ -227,6 +227,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{SHARED}::test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_holder",),
     ),
     Mutant(
+        "events-not-fenced-on-holder",
+        f"{SERVER}/state/postgres.py",
+        '"SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND holder = %s FOR SHARE",',
+        '"SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND (holder = %s OR true)",',
+        (f"{SHARED}::test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_holder",),
+    ),
+    Mutant(
         "released-lease-keeps-its-owner",
         f"{SERVER}/cluster/shared_state.py",
         "\"UPDATE backend_leases SET owner = '', expires = now() - interval '1 second' \"",
