@@ -229,8 +229,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "events-not-fenced-on-holder",
         f"{SERVER}/state/postgres.py",
-        '"SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND holder = %s FOR SHARE",',
-        '"SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND (holder = %s OR true)",',
+        '"JOIN jobs j ON j.job_id = w.job_id AND j.holder = %s FOR SHARE OF j "',
+        '"JOIN jobs j ON j.job_id = w.job_id AND (j.holder = %s OR true) FOR SHARE OF j "',
         (f"{SHARED}::test_a_taken_over_backend_brings_its_open_jobs_and_fences_the_old_holder",),
     ),
     Mutant(

@@ -494,17 +494,22 @@ class PostgresJobStore(WriteBehindStore):
                 # Events are fenced like records: a job another replica took
                 # over gets none from this one (nor do its followers hear of them).
                 await cursor.execute(
-                    "SELECT job_id FROM jobs WHERE job_id = ANY(%s) AND holder = %s FOR SHARE",
-                    (sorted({e.job_id for e, _ in events}), holder),
+                    "INSERT INTO events (job_id, sequence, record) "
+                    "SELECT w.job_id, w.sequence, w.record "
+                    "FROM unnest(%s::text[], %s::bigint[], %s::text[]) "
+                    "AS w(job_id, sequence, record) "
+                    "JOIN jobs j ON j.job_id = w.job_id AND j.holder = %s FOR SHARE OF j "
+                    "ON CONFLICT (job_id, sequence) DO NOTHING RETURNING job_id",
+                    (
+                        [e.job_id for e, _ in events],
+                        [e.sequence for e, _ in events],
+                        [text for _, text in events],
+                        holder,
+                    ),
                 )
                 held = {row[0] for row in await cursor.fetchall()}
                 events = [(e, text) for e, text in events if e.job_id in held]
             if events:
-                await cursor.executemany(
-                    "INSERT INTO events (job_id, sequence, record) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (job_id, sequence) DO NOTHING",
-                    [(e.job_id, e.sequence, text) for e, text in events],
-                )
                 await cursor.execute(
                     "SELECT pg_notify(%s, news) FROM unnest(%s::text[]) AS news",
                     (EVENTS_CHANNEL, event_news(events)),
