@@ -61,11 +61,12 @@ class PreviewRelay:
         self._watched: set[str] = set()
         """Jobs some replica streams previews of (held here or not, yet)."""
         self._hooks: dict[str, tuple[Job, Callable[[], None]]] = {}
-        """Held jobs watched elsewhere -> (the job, stop hearing its previews)."""
+        """Held jobs watched through the relay -> (the job, stop hearing its previews)."""
         self._to_send: set[str] = set()
         # The watching end.
         self._wanted: dict[str, int] = {}
-        """Job -> streams here that want its previews from another replica."""
+        """Job -> streams here that want its previews through the relay (their job
+        object here is a mirror, not the one this replica may hold)."""
         self._applied: dict[str, int] = {}
         self._to_read: set[str] = set()
         self._wake = asyncio.Event()
