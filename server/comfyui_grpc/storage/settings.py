@@ -55,7 +55,10 @@ class S3Settings:
     part, complete), which for a 10 MiB image is most of the copy's time.
     """
     part_size_bytes: int = 8 * MiB
-    max_attempts: int = 5
+    max_attempts: int = 8
+    """Tries per request: with the back-off below, 22-45 s in all, enough to
+    ride out a storage server restarting (a pod rescheduled) or outages in
+    quick succession before a job fails with STORAGE_FAILED."""
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 10.0
     connect_timeout_seconds: float = 10.0
@@ -98,7 +101,7 @@ class S3Settings:
             prefix=environ.get(ENV_PREFIX, "").strip(),
             create_bucket=env_flag(environ, ENV_CREATE_BUCKET, default=False),
             path_style=env_flag(environ, ENV_PATH_STYLE, default=True),
-            max_attempts=_env_int(environ, ENV_MAX_ATTEMPTS, default=5),
+            max_attempts=_env_int(environ, ENV_MAX_ATTEMPTS, default=8),
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=token,
