@@ -297,6 +297,22 @@ async def test_writes_made_while_the_database_is_down_land_when_it_is_back(
         await asyncio.to_thread(server.stop)
 
 
+def hold_first_write(store: PostgresJobStore) -> tuple[asyncio.Event, asyncio.Event]:
+    """The store's next batch, once taken, waits to be written until the
+    second event is set; the first is set when it is taken."""
+    real_write = store._write
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def write(*args: Any) -> set[str]:
+        if not taken.is_set():
+            taken.set()
+            await release.wait()
+        return await real_write(*args)
+
+    store._write = write  # type: ignore[method-assign]
+    return taken, release
+
+
 async def test_a_batch_writes_each_record_as_of_its_events(postgres_url: str) -> None:
     """A record serialised after the batch's events were taken could be newer
     than them: a replica following the job would rebuild it ended without its
@@ -307,15 +323,7 @@ async def test_a_batch_writes_each_record_as_of_its_events(postgres_url: str) ->
         job = _job(FIRST)
         store.track(job)
         await store.save_now(job)
-        real_write = store._write
-        taken, release = asyncio.Event(), asyncio.Event()
-
-        async def slow(*args: Any) -> set[str]:
-            taken.set()
-            await release.wait()  # waits for a connection, say
-            return await real_write(*args)
-
-        store._write = slow  # type: ignore[method-assign]
+        taken, release = hold_first_write(store)  # waits for a connection, say
         job.queued(3, "")
         first = asyncio.create_task(store.flush())
         await taken.wait()
@@ -347,16 +355,7 @@ async def test_flushes_land_in_order_a_later_record_is_never_overwritten(
         job = _job(FIRST)
         store.track(job)
         await store.save_now(job)
-        real_write = store._write
-        first_started, release = asyncio.Event(), asyncio.Event()
-
-        async def slow_first(jobs: list[Job], events: list) -> set[str]:  # type: ignore[type-arg]
-            if not first_started.is_set():
-                first_started.set()
-                await release.wait()  # the first batch is slow to commit
-            return await real_write(jobs, events)
-
-        store._write = slow_first  # type: ignore[method-assign]
+        first_started, release = hold_first_write(store)  # the first batch is slow to commit
         job.queued(3, "")
         first = asyncio.create_task(store.flush())
         await first_started.wait()
