@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from comfyui_grpc.app import Gateway
@@ -132,19 +133,7 @@ def preview_workflow(
     steps: int = 4, prefix: str = "pv", seconds_per_step: float = 0.3
 ) -> dict[str, object]:
     """A sampler-like node that sends a preview image with each step."""
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
-        },
-        "2": {
-            "class_type": "TestSlowProgress",
-            "inputs": {
-                "image": ["1", 0],
-                "steps": steps,
-                "seconds_per_step": seconds_per_step,
-                "send_preview": True,
-            },
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
+    graph = slow_workflow(steps, seconds_per_step, prefix)
+    node: dict[str, Any] = graph["2"]  # type: ignore[assignment]
+    node["inputs"]["send_preview"] = True
+    return graph
